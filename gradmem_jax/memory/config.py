@@ -1,0 +1,102 @@
+"""The memory section of a config, as a frozen (hashable, jit-static) dataclass."""
+from __future__ import annotations
+
+import dataclasses
+
+from gradmem_jax.models import common
+
+GRAD_MODES = ('second', 'first', 'none')
+MEM_PROJ_MODES = ('none', 'proj', 'per_sample')
+INNER_OPTIMIZERS = ('sgd', 'adam')
+LEARN_INNER_LR = ('none', 'scalar', 'per_step')
+INNER_IMPLS = ('batched', 'vmap')
+METHODS = ('gradmem', 'rmt', 'full_context')
+RMT_UPDATES = ('replace', 'residual')
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+  """Everything that defines the WRITE/READ functions (not the backbone)."""
+  method: str = 'gradmem'         # gradmem | rmt | full_context
+  num_memory: int = 8             # m: memory vectors
+  K: int = 2                      # WRITE steps (gradient steps; RMT: context passes)
+  inner_lr: float = 0.04          # alpha (initial value when learned)
+  inner_optimizer: str = 'sgd'    # sgd | adam (Adam is differentiated through)
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8          # inside the square root: finite second derivatives at v = 0
+  clip_value: float = 0.0         # element-wise clip of the inner gradient (0: off)
+  clip_norm: float = 0.0          # per-sample Frobenius-norm clip of the inner gradient (0: off)
+  grad_mode: str = 'second'       # second | first | none
+  last_k_second_order: int = -1   # with grad_mode=second: only the last L steps second order (-1: all)
+  mem_proj: str = 'none'          # none | proj (learned, identity init) | per_sample (adapted in WRITE)
+  write_head: bool = True         # untied copy of the output embedding used only in WRITE
+  num_ctrl: int = 0               # c: control tokens per slot (write/read start/end)
+  learn_inner_lr: str = 'none'    # none | scalar | per_step (log-parametrised, > 0)
+  inner_loss_weight: float = 0.0  # lambda: weight of the WRITE loss at the last inner step
+  init_std: float = 0.02          # std of M0 and control tokens
+  inner_impl: str = 'batched'     # batched (sum of per-sample losses) | vmap (per-sample vmap)
+  inner_remat: str = 'none'       # remat policy of one inner step (models.common.REMAT_POLICIES)
+  unroll_inner: bool = True       # unroll the K-step scan: no stacked residuals to copy (faster)
+  rmt_update: str = 'replace'     # RMT xK: replace the memory, or residual + layer norm
+
+  @property
+  def offset(self) -> int:
+    """Number of positions before the first context/query token."""
+    return self.num_memory + 2 * self.num_ctrl
+
+  def step_modes(self, K: int) -> tuple[str, ...]:
+    """The gradient mode of each of K inner steps."""
+    if self.grad_mode != 'second' or self.last_k_second_order < 0:
+      return (self.grad_mode,) * K
+    n_second = min(self.last_k_second_order, K)
+    return ('first',) * (K - n_second) + ('second',) * n_second
+
+  def validate(self) -> None:
+    def allowed(field, options):
+      if getattr(self, field) not in options:
+        raise ValueError(f'memory.{field}={getattr(self, field)!r} is not allowed; '
+                         f'allowed: {list(options)}')
+    allowed('method', METHODS)
+    allowed('grad_mode', GRAD_MODES)
+    allowed('mem_proj', MEM_PROJ_MODES)
+    allowed('inner_optimizer', INNER_OPTIMIZERS)
+    allowed('learn_inner_lr', LEARN_INNER_LR)
+    allowed('inner_impl', INNER_IMPLS)
+    allowed('rmt_update', RMT_UPDATES)
+    if self.method != 'full_context' and self.num_memory < 1:
+      raise ValueError(f'memory.num_memory must be >= 1 (memory vectors), got {self.num_memory}')
+    if self.K < 0:
+      raise ValueError(f'memory.K must be >= 0 (number of WRITE steps), got {self.K}')
+    if self.method == 'rmt' and self.K < 1:
+      raise ValueError(f'memory.K must be >= 1 for method=rmt (context passes), got {self.K}')
+    if self.num_ctrl < 0:
+      raise ValueError(f'memory.num_ctrl must be >= 0, got {self.num_ctrl}')
+    if self.inner_lr < 0:
+      raise ValueError(f'memory.inner_lr must be >= 0, got {self.inner_lr}')
+    if self.learn_inner_lr != 'none' and self.inner_lr <= 0:
+      raise ValueError('memory.inner_lr must be > 0 when memory.learn_inner_lr is on '
+                       f'(it is log-parametrised), got {self.inner_lr}')
+    if self.clip_value < 0 or self.clip_norm < 0:
+      raise ValueError('memory.clip_value and memory.clip_norm must be >= 0 (0 = off)')
+    if self.last_k_second_order < -1:
+      raise ValueError(f'memory.last_k_second_order must be >= -1, got {self.last_k_second_order}')
+    if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
+      raise ValueError('memory.adam_b1 and memory.adam_b2 must be in [0, 1)')
+    if self.adam_eps <= 0:
+      raise ValueError(f'memory.adam_eps must be > 0, got {self.adam_eps}')
+    if self.init_std < 0:
+      raise ValueError(f'memory.init_std must be >= 0, got {self.init_std}')
+    common.get_remat_policy(self.inner_remat, 'memory.inner_remat')
+
+
+def memory_config_from(section) -> MemoryConfig:
+  """From the `config.memory` section (ConfigDict or dict), with unknown keys named."""
+  d = dict(section)
+  fields = {f.name for f in dataclasses.fields(MemoryConfig)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f'memory.{unknown[0]} is not a memory option; allowed: {sorted(fields)}')
+  cfg = MemoryConfig(**d)
+  cfg.validate()
+  return cfg

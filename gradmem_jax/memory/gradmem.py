@@ -1,0 +1,353 @@
+"""GradMem: WRITE a context into memory by K gradient steps, READ answers from the memory alone.
+
+All functions are pure functions of parameter pytrees. The class only carries static configuration
+(it is a frozen dataclass, hashable, so it can be a static argument of `jax.jit`).
+
+Shapes: B batch, m memory vectors, d width, S context length, Q query+target length, V vocab,
+c control tokens per slot, offset = m + 2c.
+
+Parameters (one pytree, all trained by the outer loop):
+  {'backbone': decoder params,
+   'memory': {'mem_init': [m, d],
+              'write_head': [d, V]                    (memory.write_head),
+              'mem_proj': {'kernel': [d, d], 'bias': [d]}   (memory.mem_proj != none),
+              'ctrl': {'write_start', 'write_end', 'read_start', 'read_end': [c, d]} (c > 0),
+              'inner_lr': [] or [K] log step sizes     (memory.learn_inner_lr != none)}}
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradmem_jax.memory import losses
+from gradmem_jax.memory.config import MemoryConfig
+from gradmem_jax.models import Backbone, common
+
+Array = jax.Array
+Params = Any
+PyTree = Any
+
+_sg = jax.lax.stop_gradient
+
+
+def _tree_sq_norm_per_sample(tree: PyTree) -> Array:
+  """Sum of squares over every leaf, per sample (leading axis)."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=-1) for x in leaves)
+
+
+def _safe_sqrt(x: Array) -> Array:
+  """sqrt with finite derivatives of every order at 0 (value 0 there)."""
+  pos = x > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+def _per_sample(scale: Array, x: Array) -> Array:
+  """Multiplies x [B, ...] by a per-sample scale [B]."""
+  return x * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixMemory:
+  """What GradMem and the RMT baseline share: memory parameters, projection, READ."""
+  backbone: Backbone
+  cfg: MemoryConfig
+
+  # ------------------------------------------------------------------------------------------
+  # Parameters.
+
+  def init_memory_params(self, rng: Array, backbone_params: Params) -> dict:
+    cfg, d = self.cfg, self.backbone.hidden_size
+    k_mem, k_ctrl = jax.random.split(rng)
+    p: dict[str, Any] = {
+        'mem_init': cfg.init_std * jax.random.normal(k_mem, (cfg.num_memory, d), jnp.float32)}
+    if cfg.mem_proj != 'none':
+      p['mem_proj'] = {'kernel': jnp.eye(d, dtype=jnp.float32), 'bias': jnp.zeros((d,), jnp.float32)}
+    if cfg.num_ctrl:
+      names = ('write_start', 'write_end', 'read_start', 'read_end')
+      keys = jax.random.split(k_ctrl, len(names))
+      p['ctrl'] = {n: cfg.init_std * jax.random.normal(k, (cfg.num_ctrl, d), jnp.float32)
+                   for n, k in zip(names, keys)}
+    return p
+
+  def init_params(self, rng: Array) -> Params:
+    k_bb, k_mem = jax.random.split(rng)
+    bb = self.backbone.init(k_bb)
+    return {'backbone': bb, 'memory': self.init_memory_params(k_mem, bb)}
+
+  # ------------------------------------------------------------------------------------------
+  # Building inputs.
+
+  def project(self, params: Params, proj: Optional[dict], memory: Array) -> Array:
+    """P(M) = M W + b. memory [B, m, d]; proj per-sample ([B, d, d]) or shared ([d, d])."""
+    if self.cfg.mem_proj == 'none':
+      return memory
+    w, b = proj['kernel'], proj['bias']
+    if w.ndim == 3:
+      return jnp.einsum('bmd,bde->bme', memory, w) + b[:, None, :]
+    return memory @ w + b
+
+  def _ctrl(self, params: Params, name: str, batch: int) -> list[Array]:
+    if not self.cfg.num_ctrl:
+      return []
+    c = params['memory']['ctrl'][name]
+    return [jnp.broadcast_to(c, (batch,) + c.shape)]
+
+  def prefixed(self, params: Params, start: str, end: str, mem: Array, tail: Array) -> Array:
+    """[start; mem; end; tail] along the time axis. mem [B, m, d], tail [B, T, d]."""
+    b = mem.shape[0]
+    parts = self._ctrl(params, start, b) + [mem] + self._ctrl(params, end, b) + [tail]
+    return jnp.concatenate([x.astype(tail.dtype) for x in parts], axis=1)
+
+  def read_proj(self, params: Params, state: dict) -> Optional[dict]:
+    if self.cfg.mem_proj == 'per_sample':
+      return state['proj']
+    return params['memory'].get('mem_proj')
+
+  # ------------------------------------------------------------------------------------------
+  # READ.
+
+  def read_logits(self, params: Params, state: dict, qa: Array, *,
+                  rng: Optional[Array] = None, deterministic: bool = True) -> Array:
+    """Teacher-forced logits [B, Q, V] predicting qa [B, Q] from [read_start; P(M); read_end; qa].
+
+    The position before each qa token predicts it (the last memory/control position predicts
+    qa[0]); qa's last token is not fed, since nothing is predicted from it.
+    """
+    bb = params['backbone']
+    mem = self.project(params, self.read_proj(params, state), state['memory'])
+    tail = self.backbone.embed(bb, qa[:, :-1])
+    x = self.prefixed(params, 'read_start', 'read_end', mem, tail)
+    h = self.backbone.hidden(bb, x, jnp.arange(x.shape[1]), deterministic=deterministic, rng=rng)
+    h = h[:, self.cfg.offset - 1:]
+    return self.backbone.logits(bb, h)
+
+  def generate(self, params: Params, state: dict, prompt: Array, prompt_len: Array, *,
+               max_new_tokens: int, stop_ids: tuple[int, ...] = (), pad_id: int = 0) -> Array:
+    """Greedy generation from memory. prompt [B, P] right-padded, prompt_len [B].
+
+    Returns [B, max_new_tokens] generated ids; after a stop id (kept) the rest is pad_id.
+    Recomputes the whole (short) sequence per token: simple, static shapes, exact.
+    """
+    bb = params['backbone']
+    b, p = prompt.shape
+    length = p + max_new_tokens
+    buf = jnp.zeros((b, length), jnp.int32).at[:, :p].set(prompt)
+    buf = jnp.where(jnp.arange(length)[None] < prompt_len[:, None], buf, pad_id)
+    mem = self.project(params, self.read_proj(params, state), state['memory'])
+    offset = self.cfg.offset
+    rows = jnp.arange(b)
+
+    def step(i, carry):
+      buf, done = carry
+      x = self.prefixed(params, 'read_start', 'read_end', mem, self.backbone.embed(bb, buf))
+      h = self.backbone.hidden(bb, x, jnp.arange(x.shape[1]))
+      pos = offset + prompt_len + i - 1  # the position that predicts token prompt_len + i
+      logits = self.backbone.logits(bb, h[rows, pos])
+      tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      tok = jnp.where(done, pad_id, tok)
+      buf = buf.at[rows, prompt_len + i].set(tok)
+      for s in stop_ids:
+        done = done | (tok == s)
+      return buf, done
+
+    buf, _ = jax.lax.fori_loop(0, max_new_tokens, step, (buf, jnp.zeros((b,), bool)))
+    idx = prompt_len[:, None] + jnp.arange(max_new_tokens)[None]
+    return jnp.take_along_axis(buf, idx, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradMem(PrefixMemory):
+  """WRITE = K steps of gradient descent on the reconstruction loss w.r.t. the memory."""
+
+  def init_memory_params(self, rng: Array, backbone_params: Params) -> dict:
+    p = super().init_memory_params(rng, backbone_params)
+    cfg = self.cfg
+    if cfg.write_head:
+      p['write_head'] = jnp.asarray(self.backbone.output_embedding(backbone_params), jnp.float32)
+    if cfg.learn_inner_lr != 'none':
+      shape = () if cfg.learn_inner_lr == 'scalar' else (max(cfg.K, 1),)
+      p['inner_lr'] = jnp.full(shape, np.log(cfg.inner_lr), jnp.float32)
+    return p
+
+  # ------------------------------------------------------------------------------------------
+  # WRITE loss.
+
+  def write_loss(self, params: Params, fast: dict, ctx_embeds: Array, context: Array,
+                 context_mask: Array, *, rng: Optional[Array] = None,
+                 deterministic: bool = True) -> Array:
+    """Per-sample reconstruction loss [B] of the context from [write_start; P(M); write_end; C].
+
+    ctx_embeds [B, S-1, d] are the embeddings of context[:, :-1] (the last token is only a
+    label). Position offset-1+t predicts context token t; mean over each sample's real tokens.
+    """
+    bb = params['backbone']
+    proj = fast['proj'] if self.cfg.mem_proj == 'per_sample' else params['memory'].get('mem_proj')
+    mem = self.project(params, proj, fast['memory'])
+    x = self.prefixed(params, 'write_start', 'write_end', mem, ctx_embeds)
+    h = self.backbone.hidden(bb, x, jnp.arange(x.shape[1]), deterministic=deterministic, rng=rng)
+    h = h[:, self.cfg.offset - 1:]
+    if self.cfg.write_head:
+      logits = h @ params['memory']['write_head'].astype(h.dtype)
+    else:
+      logits = self.backbone.logits(bb, h)
+    ce = losses.token_ce(logits, context)
+    return losses.masked_mean_per_sample(ce, context_mask)
+
+  # ------------------------------------------------------------------------------------------
+  # Inner loop.
+
+  def inner_lrs(self, params: Params, K: int) -> Array:
+    """Step sizes [K] (positive)."""
+    cfg = self.cfg
+    if cfg.learn_inner_lr == 'none':
+      return jnp.full((K,), cfg.inner_lr, jnp.float32)
+    raw = params['memory']['inner_lr']
+    if raw.ndim == 0:
+      return jnp.full((K,), jnp.exp(raw))
+    idx = np.minimum(np.arange(K), raw.shape[0] - 1)  # K_eval > K_train reuses the last size
+    return jnp.exp(raw[idx])
+
+  def init_fast(self, params: Params, batch: int) -> dict:
+    """The inner-loop variables of each sample at step 0: memory [B, m, d] (+ per-sample proj)."""
+    mp = params['memory']
+    fast = {'memory': jnp.broadcast_to(mp['mem_init'], (batch,) + mp['mem_init'].shape)}
+    if self.cfg.mem_proj == 'per_sample':
+      fast['proj'] = jax.tree_util.tree_map(
+          lambda x: jnp.broadcast_to(x, (batch,) + x.shape), mp['mem_proj'])
+    return fast
+
+  def _inner_step(self, params: Params, ctx_embeds: Array, context: Array, context_mask: Array,
+                  rng: Optional[Array], deterministic: bool, mode: str, carry, xs):
+    """One inner step. carry = (fast, adam_state); xs = (step index k, step size lr)."""
+    cfg = self.cfg
+    fast, opt = carry
+    k, lr = xs
+    step_rng = None if rng is None else jax.random.fold_in(rng, k)
+
+    def total_loss(f):
+      per_sample = self.write_loss(params, f, ctx_embeds, context, context_mask, rng=step_rng,
+                                   deterministic=deterministic)
+      return jnp.sum(per_sample), per_sample  # sum: each sample's gradient is its own
+
+    (_, loss), grad = jax.value_and_grad(total_loss, has_aux=True)(fast)
+    gnorm = _safe_sqrt(_tree_sq_norm_per_sample(grad))
+    if mode != 'second':
+      grad = _sg(grad)
+    if cfg.clip_value > 0:
+      grad = jax.tree_util.tree_map(lambda g: jnp.clip(g, -cfg.clip_value, cfg.clip_value), grad)
+    if cfg.clip_norm > 0:
+      n = _safe_sqrt(_tree_sq_norm_per_sample(grad))
+      scale = jnp.minimum(1.0, cfg.clip_norm / jnp.maximum(n, 1e-12))
+      grad = jax.tree_util.tree_map(functools.partial(_per_sample, scale), grad)
+    if cfg.inner_optimizer == 'sgd':
+      update = grad
+    else:
+      mu, nu = opt
+      mu = jax.tree_util.tree_map(lambda m, g: cfg.adam_b1 * m + (1 - cfg.adam_b1) * g, mu, grad)
+      nu = jax.tree_util.tree_map(lambda v, g: cfg.adam_b2 * v + (1 - cfg.adam_b2) * g * g, nu, grad)
+      t = (k + 1).astype(jnp.float32)
+      c1, c2 = 1 - cfg.adam_b1 ** t, 1 - cfg.adam_b2 ** t
+      update = jax.tree_util.tree_map(
+          lambda m, v: (m / c1) / jnp.sqrt(v / c2 + cfg.adam_eps), mu, nu)
+      opt = (mu, nu)
+    fast = jax.tree_util.tree_map(lambda f, u: f - lr.astype(f.dtype) * u, fast, update)
+    if mode == 'none':
+      fast, opt = _sg(fast), _sg(opt)
+    return (fast, opt), (loss, gnorm)
+
+  def write(self, params: Params, context: Array, context_mask: Array, *,
+            rng: Optional[Array] = None, deterministic: bool = True,
+            K: Optional[int] = None) -> tuple[dict, dict]:
+    """WRITE a batch of contexts [B, S] (right-padded, mask [B, S]) into memory.
+
+    Returns (state, stats): state['memory'] [B, m, d] (+ state['proj'] for per-sample projection);
+    stats: 'write_loss' [B, K] (loss at M_0..M_{K-1}), 'grad_norm' [B, K], 'delta_norm' [B]
+    (|M_K - M_0|), 'mem_norm' [B] (|M_K|).
+    """
+    if self.cfg.inner_impl == 'vmap':
+      return self._write_vmapped(params, context, context_mask, rng=rng,
+                                 deterministic=deterministic, K=K)
+    return self._write_batched(params, context, context_mask, rng=rng,
+                               deterministic=deterministic, K=K)
+
+  def write_memory(self, params: Params, context: Array, context_mask: Array,
+                   rng: Optional[Array] = None, *, deterministic: bool = True,
+                   K: Optional[int] = None) -> tuple[Array, dict]:
+    """The per-sample contract: context [S] -> (memory [m, d], stats). `jax.vmap` it over a batch.
+
+    (With memory.mem_proj='per_sample' the adapted projection is part of the state: use
+    `write`, which returns it too.)
+    """
+    state, stats = self._write_one(params, context, context_mask, rng, deterministic, K)
+    return state['memory'], stats
+
+  def _write_one(self, params, context, context_mask, rng, deterministic, K):
+    state, stats = self._write_batched(params, context[None], context_mask[None], rng=rng,
+                                       deterministic=deterministic, K=K)
+    squeeze = lambda x: x[0]
+    return jax.tree_util.tree_map(squeeze, state), jax.tree_util.tree_map(squeeze, stats)
+
+  def _write_vmapped(self, params, context, context_mask, *, rng, deterministic, K):
+    b = context.shape[0]
+    keys = None if rng is None else jax.random.split(rng, b)
+    one = lambda c, m, k: self._write_one(params, c, m, k, deterministic, K)
+    return jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(context, context_mask, keys)
+
+  def _write_batched(self, params, context, context_mask, *, rng, deterministic, K):
+    cfg = self.cfg
+    K = cfg.K if K is None else K
+    if K < 0:
+      raise ValueError(f'K must be >= 0, got {K}')
+    b = context.shape[0]
+    fast = self.init_fast(params, b)
+    modes = cfg.step_modes(K)
+    if cfg.grad_mode == 'none':
+      fast = _sg(fast)
+    m0 = fast['memory']
+    opt = ()
+    if cfg.inner_optimizer == 'adam':
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, fast)
+      opt = (zeros, zeros)
+    # Context embeddings do not depend on the memory: computed once for all K steps.
+    ctx_embeds = self.backbone.embed(params['backbone'], context[:, :-1])
+    lrs = self.inner_lrs(params, K) if K else jnp.zeros((0,), jnp.float32)
+    use_remat, policy = common.get_remat_policy(cfg.inner_remat, 'memory.inner_remat')
+    step_losses, step_norms = [], []
+    start = 0
+    # Consecutive steps of the same gradient mode form one scan (static split).
+    for mode, group in _runs(modes):
+      n = len(group)
+      body = functools.partial(self._inner_step, params, ctx_embeds, context, context_mask, rng,
+                               deterministic, mode)
+      if use_remat:
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+      xs = (jnp.arange(start, start + n), lrs[start:start + n])
+      (fast, opt), (ls, ns) = jax.lax.scan(body, (fast, opt), xs, unroll=bool(cfg.unroll_inner))
+      step_losses.append(ls.T)
+      step_norms.append(ns.T)
+      start += n
+    cat = lambda xs: jnp.concatenate(xs, axis=1) if xs else jnp.zeros((b, 0), jnp.float32)
+    delta = fast['memory'] - m0
+    stats = {
+        'write_loss': cat(step_losses),
+        'grad_norm': cat(step_norms),
+        'delta_norm': _safe_sqrt(_tree_sq_norm_per_sample(delta)),
+        'mem_norm': _safe_sqrt(_tree_sq_norm_per_sample(fast['memory'])),
+    }
+    return fast, stats
+
+
+def _runs(modes):
+  out = []
+  for i, m in enumerate(modes):
+    if out and out[-1][0] == m:
+      out[-1][1].append(i)
+    else:
+      out.append((m, [i]))
+  return out

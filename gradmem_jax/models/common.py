@@ -1,0 +1,165 @@
+"""Pieces shared by the decoders: dtype and remat names, norms, rotary embeddings, attention.
+
+Everything here is differentiable to any order with plain XLA ops (no custom kernels), which the
+second-order meta-gradient needs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+
+DTYPES = {
+    'float32': jnp.float32,
+    'bfloat16': jnp.bfloat16,
+    'float16': jnp.float16,
+    'float64': jnp.float64,
+}
+
+# Names for rematerialisation policies (config strings, maxtext style). `None` = no remat.
+REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'nothing_saveable': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'everything_saveable': jax.checkpoint_policies.everything_saveable,
+}
+
+
+def get_dtype(name: str, field: str = 'dtype') -> Any:
+  """Maps a config string to a jnp dtype, with an error naming the field."""
+  if name not in DTYPES:
+    raise ValueError(f'{field}={name!r} is not a known dtype; allowed: {sorted(DTYPES)}')
+  return DTYPES[name]
+
+
+def get_remat_policy(name: str, field: str = 'remat') -> tuple[bool, Any]:
+  """Returns (use_remat, policy) for a config string."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f'{field}={name!r} is not a known remat policy; allowed: {sorted(REMAT_POLICIES)}')
+  return name != 'none', REMAT_POLICIES[name]
+
+
+def at_least_f32(x: Array) -> Array:
+  """Upcasts half precision to float32; keeps float32/float64 (tests run in float64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def normal_init(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale, computed in float32 (Llama)."""
+  eps: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = at_least_f32(x)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(x32.dtype)).astype(jnp.promote_types(self.dtype, x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotary position embeddings (rotate-half convention, as in the Hugging Face Llama checkpoints).
+
+
+def rope_inv_freq(head_dim: int, theta: float,
+                  scaling: Optional[Mapping[str, Any]] = None) -> np.ndarray:
+  """Inverse frequencies [head_dim // 2], optionally with Llama-3 frequency scaling.
+
+  Llama-3 scaling keeps high frequencies (short wavelengths), divides low frequencies by `factor`
+  and interpolates smoothly in between (Llama 3 report, "rope scaling").
+  """
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  if not scaling:
+    return inv_freq.astype(np.float32)
+  kind = scaling.get('rope_type', scaling.get('type'))
+  if kind == 'default':
+    return inv_freq.astype(np.float32)
+  if kind != 'llama3':
+    raise ValueError(f"rope_scaling.rope_type={kind!r} is not supported; allowed: 'llama3', 'default'")
+  factor = float(scaling['factor'])
+  low = float(scaling['low_freq_factor'])
+  high = float(scaling['high_freq_factor'])
+  old_len = float(scaling['original_max_position_embeddings'])
+  wavelen = 2 * math.pi / inv_freq
+  low_freq_wavelen = old_len / low
+  high_freq_wavelen = old_len / high
+  # Long wavelengths (low frequencies) are slowed down by `factor`.
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+  # Medium band: blend between scaled and unscaled.
+  smooth = (old_len / wavelen - low) / (high - low)
+  blended = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+  return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def rope_tables(positions: Array, inv_freq: np.ndarray) -> tuple[Array, Array]:
+  """cos, sin tables [..., T, head_dim] for integer positions [..., T]."""
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [..., T, dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)  # [..., T, dh]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """x [B, T, H, dh]; cos/sin [T, dh] or [B, T, dh]. Rotate-half convention."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  if cos.ndim == 2:
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  else:
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  return (x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Causal attention.
+
+
+def causal_attention(q: Array, k: Array, v: Array, *,
+                     dropout_rate: float = 0.0,
+                     dropout_rng: Optional[Array] = None,
+                     deterministic: bool = True) -> Array:
+  """Causal softmax attention with grouped-query support.
+
+  q: [B, T, H, dh]; k, v: [B, T, KV, dh] with H a multiple of KV. Returns [B, T, H, dh].
+  Softmax in float32. Right padding needs no mask: with causal attention a real token never sees a
+  later (pad) position.
+
+  Layout: heads are moved next to the batch and merged with it, so both products are plain
+  batched matmuls [B*H, T, dh] x [B*H, dh, T]. On XLA:CPU this ran the second-order training step
+  ~17% faster than einsums over [B, T, KV, G, dh] (WORKSPACE.md, performance log).
+  """
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  if h % kv:
+    raise ValueError(f'num_heads={h} must be a multiple of num_kv_heads={kv}')
+  if h != kv:
+    k = jnp.repeat(k, h // kv, axis=2)
+    v = jnp.repeat(v, h // kv, axis=2)
+  heads_major = lambda x: jnp.transpose(x, (0, 2, 1, 3)).reshape(b * h, t, dh)
+  qh = heads_major(q * (1.0 / math.sqrt(dh)))
+  kh, vh = heads_major(k), heads_major(v)
+  scores = at_least_f32(jnp.matmul(qh, jnp.swapaxes(kh, 1, 2)))  # [B*H, T, T]
+  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+  scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if not deterministic and dropout_rate > 0.0:
+    if dropout_rng is None:
+      raise ValueError('attention dropout needs a dropout rng')
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  out = jnp.matmul(probs.astype(vh.dtype), vh)  # [B*H, T, dh]
+  return jnp.transpose(out.reshape(b, h, t, dh), (0, 2, 1, 3))
