@@ -1,0 +1,33 @@
+r"""Key-value retrieval: train GradMem (or a baseline) and evaluate it.
+
+  python -m experiments.kv_retrieval --config=configs/kv_retrieval.py[:preset,key=value,...] \
+      [--workdir=DIR] [--config.optim.lr=3e-4]
+
+Without --workdir a temporary directory is used (and printed). Rerunning with the same workdir
+resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import tempfile
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from gradmem_jax.training import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/kv_retrieval.py',
+                                          'Experiment config file[:presets,overrides].')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, metrics, results).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='gradmem_kv_')
+  if not _WORKDIR.value:
+    print(f'no --workdir given: writing to {workdir}', flush=True)
+  train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,132 @@
+"""Config plumbing: `get_config(arg)` argument parsing, typed overrides and validation.
+
+`--config=configs/kv_retrieval.py:paper_n16,K=2,inner_lr=0.08`: comma-separated tokens after the
+colon; a bare word selects a preset, `key=value` overrides a field. Keys are dotted paths
+(`optim.lr=3e-4`) or short aliases the config file declares (`K` -> `memory.K`). Values are parsed
+with the type of the field they replace; unknown keys and wrong types fail here, before any compute,
+with a message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import ml_collections
+
+from gradmem_jax.data.kv import KVTaskConfig
+from gradmem_jax.memory.config import memory_config_from
+from gradmem_jax.models import backbone_from_config
+
+_TRUE = ('1', 'true', 'yes', 'on')
+_FALSE = ('0', 'false', 'no', 'off')
+
+
+def parse_value(key: str, text: str, current: Any) -> Any:
+  """Parses `text` as the type of `current` (the field's present value)."""
+  try:
+    if isinstance(current, bool):
+      low = text.lower()
+      if low in _TRUE:
+        return True
+      if low in _FALSE:
+        return False
+      raise ValueError
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, str) or current is None:
+      return text
+    if isinstance(current, (tuple, list)):
+      items = [t for t in text.replace(';', ' ').split() if t]
+      proto = current[0] if current else ''
+      return type(current)(parse_value(key, t, proto) for t in items)
+  except ValueError:
+    raise ValueError(f'config override {key}={text!r}: expected a value of type '
+                     f'{type(current).__name__} (current value {current!r})') from None
+  raise ValueError(f'config override {key}: fields of type {type(current).__name__} cannot be '
+                   'set from the command line')
+
+
+def _resolve(config: ml_collections.ConfigDict, key: str):
+  parts = key.split('.')
+  node = config
+  for i, p in enumerate(parts[:-1]):
+    if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+      raise ValueError(f'unknown config key {key!r}: {".".join(parts[:i + 1])!r} is not a section')
+    node = node[p]
+  if parts[-1] not in node:
+    raise ValueError(f'unknown config key {key!r}; fields of '
+                     f'{".".join(parts[:-1]) or "the top level"}: {sorted(node.keys())}')
+  return node, parts[-1]
+
+
+def set_override(config: ml_collections.ConfigDict, key: str, text: str,
+                 aliases: Optional[Mapping[str, str]] = None) -> None:
+  path = (aliases or {}).get(key, key)
+  node, leaf = _resolve(config, path)
+  value = parse_value(key, text, node[leaf])
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def parse_arg(arg: Optional[str], config: ml_collections.ConfigDict,
+              presets: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+              aliases: Optional[Mapping[str, str]] = None) -> ml_collections.ConfigDict:
+  """Applies presets (in order) then `key=value` overrides from a `get_config` argument."""
+  tokens = [t.strip() for t in (arg or '').split(',') if t.strip()]
+  overrides = []
+  for t in tokens:
+    if '=' in t:
+      k, v = t.split('=', 1)
+      overrides.append((k.strip(), v.strip()))
+    elif t in presets:
+      presets[t](config)
+    else:
+      raise ValueError(f'unknown preset {t!r}; presets: {sorted(presets)} '
+                       '(overrides are written key=value)')
+  for k, v in overrides:
+    set_override(config, k, v, aliases)
+  return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks every section; raises ValueError naming the offending field."""
+  model = dict(config.model)
+  if model.get('vocab_size', 0) < 0:
+    raise ValueError(f'model.vocab_size must be >= 0 (0: from the task), got {model["vocab_size"]}')
+  if not model.get('vocab_size'):
+    model['vocab_size'] = 1  # resolved from the task later
+  backbone_from_config(model)
+  memory_config_from(config.memory)
+  data = dict(config.data)
+  task = data.pop('task', 'kv')
+  if task != 'kv':
+    raise ValueError(f"data.task={task!r} is not known; allowed: ['kv']")
+  fields = {f.name for f in dataclasses.fields(KVTaskConfig)}
+  unknown = sorted(set(data) - fields)
+  if unknown:
+    raise ValueError(f'data.{unknown[0]} is not a KV task option; allowed: {sorted(fields)}')
+  KVTaskConfig(**data).validate()
+  o = config.optim
+  if o.lr <= 0:
+    raise ValueError(f'optim.lr must be > 0, got {o.lr}')
+  if o.batch_size < 1:
+    raise ValueError(f'optim.batch_size must be >= 1, got {o.batch_size}')
+  if o.micro_batch_size < 0 or (o.micro_batch_size and o.batch_size % o.micro_batch_size):
+    raise ValueError(f'optim.micro_batch_size={o.micro_batch_size} must divide optim.batch_size='
+                     f'{o.batch_size} (0: no micro-batching)')
+  if o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:
+    raise ValueError('optim.warmup_steps, optim.clip_norm and optim.weight_decay must be >= 0')
+  if o.schedule not in ('constant', 'cosine'):
+    raise ValueError(f"optim.schedule={o.schedule!r} is not known; allowed: ['constant', 'cosine']")
+  t = config.train
+  if t.max_steps < 0 or t.eval_every < 1 or t.checkpoint_every < 1:
+    raise ValueError('train.max_steps must be >= 0, train.eval_every and train.checkpoint_every >= 1')
+  if not 0 < t.target_em <= 1.0 + 1e-9 and t.target_em != 0:
+    raise ValueError(f'train.target_em must be in (0, 1] (0: off), got {t.target_em}')
+  if config.eval.batch_size < 1:
+    raise ValueError(f'eval.batch_size must be >= 1, got {config.eval.batch_size}')
+  m = config.mesh
+  if m.data == 0 or m.data < -1 or m.fsdp < 1:
+    raise ValueError('mesh.data must be -1 (all devices) or >= 1; mesh.fsdp must be >= 1')

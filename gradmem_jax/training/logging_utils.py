@@ -1,0 +1,123 @@
+"""Metrics outputs (metrics.jsonl, TensorBoard) and console progress with rate and ETA."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Optional
+
+from absl import logging
+
+
+def _scalar(v: Any) -> Optional[float]:
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return None
+  return f if math.isfinite(f) else None
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to metrics.jsonl; mirrors scalars to TensorBoard.
+
+  Only process 0 writes. On resume, rows after the restored step (written after the last
+  checkpoint, before the crash) and a torn last line are dropped, so the file stays consistent
+  with the training state.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: Optional[int] = None):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if resume_step is not None and os.path.exists(self.path):
+      self._truncate_after(resume_step)
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    except ImportError:  # pragma: no cover - tensorboardX is a dependency
+      logging.warning('tensorboardX is not installed: no TensorBoard event files')
+
+  def _truncate_after(self, step: int) -> None:
+    keep = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # torn line from a kill
+        if row.get('step', 0) <= step:
+          keep.append(json.dumps(row) + '\n')
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), 'time': time.time()}
+    for k, v in metrics.items():
+      if isinstance(v, (list, tuple)):
+        row[k] = [_scalar(x) for x in v]
+      else:
+        s = _scalar(v)
+        row[k] = s if s is not None else (v if isinstance(v, str) else None)
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self._tb is not None:
+      for k, v in row.items():
+        if k in ('step', 'time'):
+          continue
+        if isinstance(v, list):
+          for i, x in enumerate(v):
+            if x is not None:
+              self._tb.add_scalar(f'{k}/{i}', x, step)
+        elif isinstance(v, float):
+          self._tb.add_scalar(k, v, step)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Progress:
+  """Prints a progress line every `every_s` seconds: step, steps/s, ETA, loss, last EM."""
+
+  def __init__(self, total_steps: int, every_s: float, start_step: int = 0, enabled: bool = True):
+    self.total = total_steps
+    self.every_s = every_s
+    self.enabled = enabled
+    self._t0 = time.perf_counter()
+    self._s0 = start_step
+    self._last = -math.inf
+
+  def maybe_report(self, step: int, loss: float, last_em: Optional[float], force: bool = False):
+    now = time.perf_counter()
+    if not self.enabled or (not force and now - self._last < self.every_s):
+      return None
+    self._last = now
+    done = step - self._s0
+    rate = done / max(now - self._t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else math.inf
+    em = '-' if last_em is None else f'{100 * last_em:.1f}%'
+    line = (f'step {step}/{self.total}  {rate:.2f} steps/s  ETA {format_duration(eta)}  '
+            f'loss {loss:.4f}  val EM {em}  elapsed {format_duration(now - self._t0)}')
+    print(line, flush=True)
+    return line

@@ -1,0 +1,82 @@
+"""Device mesh, shardings and multi-host input (JAX's own SPMD machinery only).
+
+Mesh axes ('data', 'fsdp'). The batch is split over both axes (every device holds different
+samples); parameters and optimizer state are replicated, or, with mesh.fsdp > 1, each leaf is
+sharded over 'fsdp' along its first axis whose size that divides.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ('data', 'fsdp')
+
+
+def maybe_initialize_distributed(config) -> None:
+  """Multi-host start-up when config.distributed is set or the launcher's environment says so."""
+  env = any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS'))
+  if config.get('distributed', False) or env:
+    if not jax.distributed.is_initialized():
+      jax.distributed.initialize()
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  fsdp = int(mesh_cfg.fsdp)
+  data = int(mesh_cfg.data)
+  if data == -1:
+    if n % fsdp:
+      raise ValueError(f'mesh.fsdp={fsdp} does not divide the {n} devices')
+    data = n // fsdp
+  if data * fsdp != n:
+    raise ValueError(f'mesh.data={data} x mesh.fsdp={fsdp} must equal the number of devices ({n})')
+  return Mesh(np.array(devices).reshape(data, fsdp), BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
+  if fsdp > 1:
+    for i, s in enumerate(shape):
+      if s % fsdp == 0 and s >= fsdp:
+        return P(*([None] * i + ['fsdp']))
+  return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
+  fsdp = mesh.shape['fsdp']
+  return jax.tree_util.tree_map(
+      lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp)), abstract_state)
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Assembles the global batch array from this host's slice (one slice per process)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches (replicated or fully addressable) arrays as numpy on every host."""
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree_util.tree_map(fetch, tree)
+
+
+def zeros_like_sharded(tree: Any) -> Any:
+  return jax.tree_util.tree_map(jnp.zeros_like, tree)

@@ -1,0 +1,140 @@
+"""The real runner: smoke run, kill-and-resume determinism, init_from, config errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import kv_retrieval
+from gradmem_jax.training import build_experiment, train_and_evaluate
+from gradmem_jax.training.checkpoint import load_params
+from gradmem_jax.training.train import abstract_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir, config):
+  exp = build_experiment(config)
+  abstract, _ = abstract_state(exp)
+  params, meta = load_params(os.path.join(workdir, 'checkpoints'), abstract['params'])
+  return params, meta
+
+
+def test_train_and_evaluate_smoke(tmp_path):
+  config = kv_retrieval.get_config('tiny')
+  results = train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 6
+  for name in ('config.json', 'metrics.jsonl', 'results.json'):
+    assert (tmp_path / name).exists()
+  assert any(f.startswith('events') for f in os.listdir(tmp_path / 'tensorboard'))
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 3, 4, 5, 6]
+  assert any('val/em' in r for r in rows)
+  saved = json.load(open(tmp_path / 'results.json'))
+  assert saved['final']['token_acc'] >= 0 and saved['memory_floats'] == 2 * 16
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  # Rerunning a finished workdir does not train again.
+  again = train_and_evaluate(config, str(tmp_path))
+  assert again['steps'] == 6 and again['stop_reason'] == 'already finished'
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path):
+  arg = 'tiny,max_steps=24,train.checkpoint_every=2,train.eval_every=4'
+  killed, clean = tmp_path / 'killed', tmp_path / 'clean'
+  cmd = [sys.executable, '-m', 'experiments.kv_retrieval',
+         f'--config={ROOT}/configs/kv_retrieval.py:{arg}']
+  env = dict(os.environ, PYTHONUNBUFFERED='1')
+  proc = subprocess.Popen(cmd + [f'--workdir={killed}'], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckdir = killed / 'checkpoints'
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      done = [int(d) for d in os.listdir(ckdir) if d.isdigit()] if ckdir.exists() else []
+      done = [d for d in done if (ckdir / str(d) / 'commit_success.txt').exists()]
+      if done and max(done) >= 8:
+        break
+      if proc.poll() is not None:
+        pytest.fail('training finished before it could be killed')
+      time.sleep(0.05)
+    else:
+      pytest.fail('no checkpoint appeared in time')
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.wait()
+  killed_at = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
+  assert killed_at < 24
+  config = kv_retrieval.get_config(arg)
+  resumed = train_and_evaluate(config, str(killed))
+  assert resumed['steps'] == 24
+  train_and_evaluate(config, str(clean))
+  p_resumed, m1 = _params(killed, config)
+  p_clean, m2 = _params(clean, config)
+  assert m1['data_index'] == m2['data_index'] == 24 * config.optim.batch_size
+  for a, b in zip(jax.tree_util.tree_leaves(p_resumed), jax.tree_util.tree_leaves(p_clean)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  steps = [json.loads(l)['step'] for l in open(killed / 'metrics.jsonl')
+           if 'loss' in json.loads(l)]
+  assert steps == sorted(set(steps)) == list(range(1, 25))  # no duplicated or torn rows
+
+
+def test_init_from_copies_parameters(tmp_path):
+  src = tmp_path / 'src'
+  config = kv_retrieval.get_config('tiny')
+  train_and_evaluate(config, str(src))
+  config2 = kv_retrieval.get_config('tiny,max_steps=0,n_pairs=3')
+  config2.train.init_from = str(src)
+  out = train_and_evaluate(config2, str(tmp_path / 'dst'))
+  assert out['steps'] == 0
+  abstract, _ = abstract_state(build_experiment(config))
+  best, _ = load_params(str(src), abstract['params'])  # the rule init_from uses: best/ first
+  dst, _ = _params(tmp_path / 'dst', config2)
+  for a, b in zip(jax.tree_util.tree_leaves(best), jax.tree_util.tree_leaves(dst)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_init_from_mismatched_model_errors(tmp_path):
+  src = tmp_path / 'src'
+  train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=3'), str(src))
+  config = kv_retrieval.get_config('tiny,m=3')
+  config.train.init_from = str(src)
+  with pytest.raises(ValueError, match='mem_init'):
+    train_and_evaluate(config, str(tmp_path / 'dst'))
+
+
+@pytest.mark.parametrize('arg,match', [
+    ('tiny,K=-1', 'memory.K'),
+    ('tiny,nonsense=3', "unknown config key 'nonsense'"),
+    ('tiny,optim.lrr=3', "unknown config key 'optim.lrr'"),
+    ('tiny,K=two', "K='two': expected a value of type int"),
+    ('tiny,inner_lr=fast', 'inner_lr'),
+    ('tiny,grad_mode=third', 'memory.grad_mode'),
+    ('tiny,memory.unroll_inner=maybe', 'memory.unroll_inner'),
+    ('tiny,n_pairs=0', 'data.n_pairs'),
+    ('no_such_preset', "unknown preset 'no_such_preset'"),
+    ('tiny,optim.micro_batch_size=3', 'optim.micro_batch_size'),
+])
+def test_bad_overrides_fail_before_compute(arg, match):
+  with pytest.raises(ValueError, match=match):
+    kv_retrieval.get_config(arg)
+
+
+def test_overrides_and_presets_apply():
+  c = kv_retrieval.get_config('paper_n16,K=5,inner_lr=0.08,optim.warmup_steps=7')
+  assert (c.data.n_pairs, c.memory.K, c.memory.inner_lr, c.optim.warmup_steps) == (16, 5, 0.08, 7)
+  assert c.model.hidden_size == 128 and c.optim.lr == 1e-4
+
+
+def test_command_line_runs_and_rejects_bad_override(tmp_path):
+  cmd = [sys.executable, '-m', 'experiments.kv_retrieval',
+         f'--config={ROOT}/configs/kv_retrieval.py:tiny,K=-2', f'--workdir={tmp_path}']
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and 'memory.K' in out.stderr
+  assert not (tmp_path / 'checkpoints').exists()
