@@ -276,6 +276,12 @@ class GradMem(PrefixMemory):
     return self._write_batched(params, context, context_mask, rng=rng,
                                deterministic=deterministic, K=K)
 
+  def final_write_loss(self, params: Params, state: dict, context: Array,
+                       context_mask: Array) -> Array:
+    """WRITE loss [B] at the written memory M_K (the stats hold it at M_0..M_{K-1})."""
+    ctx_embeds = self.backbone.embed(params['backbone'], context[:, :-1])
+    return self.write_loss(params, state, ctx_embeds, context, context_mask)
+
   def write_memory(self, params: Params, context: Array, context_mask: Array,
                    rng: Optional[Array] = None, *, deterministic: bool = True,
                    K: Optional[int] = None) -> tuple[Array, dict]:

@@ -173,15 +173,44 @@ def make_eval_step(exp: Experiment, K: Optional[int] = None):
   method, ignore = exp.method, exp.task.ignore_ids
 
   def eval_step(params, batch):
-    logits, _, stats = forward(method, params, batch, K=K)
+    logits, state, stats = forward(method, params, batch, K=K)
     sums = losses.read_metrics(logits, batch['qa'], batch['target_mask'], ignore)
     w = jnp.any(batch['target_mask'] > 0, axis=1).astype(jnp.float32)
+    if hasattr(method, 'final_write_loss'):
+      stats = dict(stats, final_write_loss=method.final_write_loss(
+          params, state, batch['context'], batch['context_mask']))
     for k, v in stats.items():
       sums[f'inner/{k}'] = jnp.sum(v * w.reshape((-1,) + (1,) * (v.ndim - 1)), axis=0)
     sums['n_weight'] = jnp.sum(w)
     return sums
 
   return eval_step
+
+
+def flops_per_sample(exp: Experiment, params) -> dict:
+  """XLA's FLOP counts of WRITE and of READ for one validation sample (inference, no graph)."""
+  sample = exp.task.collate([exp.task.validation_set()[0]])
+  batch = {k: jnp.asarray(v) for k, v in sample.items()}
+  method = exp.method
+
+  def write(p, b):
+    return method.write(p, b['context'], b['context_mask'])[0]
+
+  def read(p, state, b):
+    return method.read_logits(p, state, b['qa'])
+
+  def count(f, *args):
+    try:
+      ca = jax.jit(f).lower(*args).compile().cost_analysis()
+      ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+      return float(ca.get('flops', float('nan')))
+    except Exception:  # noqa: BLE001 - informational only
+      return float('nan')
+
+  state = jax.eval_shape(write, params, batch)
+  state = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), state)
+  return {'write_flops_per_sample': count(write, params, batch),
+          'read_flops_per_sample': count(read, params, state, batch)}
 
 
 def summarize_sums(sums: dict) -> dict:
@@ -401,12 +430,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {
       'method': exp.mem_cfg.method, 'n_pairs': exp.task.cfg.n_pairs, 'K': exp.mem_cfg.K,
       'grad_mode': exp.mem_cfg.grad_mode, 'num_memory': exp.mem_cfg.num_memory,
+      'inner_lr': exp.mem_cfg.inner_lr, 'inner_optimizer': exp.mem_cfg.inner_optimizer,
       'memory_floats': exp.memory_floats, 'steps': step, 'stop_reason': stop_reason,
       'wall_time_s': wall, 'steps_per_s': (step - start_step) / max(session_s, 1e-9),
       'best_step': meta.get('best_step'),
       'best': _jsonable(best_eval), 'final': _jsonable(final_eval),
       'seed': int(cfg.seed), 'devices': exp.mesh.size,
   }
+  if jax.process_count() == 1:
+    results.update(flops_per_sample(exp, state['params']))
   if is_main:
     with open(os.path.join(workdir, 'results.json.tmp'), 'w') as f:
       json.dump(results, f, indent=2)

@@ -1,0 +1,18 @@
+"""Capacity: EM against the number of pairs N for GradMem K = 1, 2, 5 and RMT x1 (paper Fig. 3)."""
+from gradmem_jax.sweeps import Sweep, concat, grid, with_seeds
+
+
+def get_sweep(arg=None):
+  variant = arg or 'cpu'
+  if variant == 'cpu':
+    pts = concat(grid(n_pairs=[2, 4], method=['gradmem'], K=[1, 2]),
+                 grid(n_pairs=[2, 4], method=['rmt'], K=[1]))
+    return Sweep('n_pairs_cpu', pts, base='max_steps=2000,train.eval_every=500',
+                 description='N sweep on the CPU preset', figures=('em_vs_n',))
+  if variant == 'paper':
+    pts = concat(grid(n_pairs=[4, 8, 16, 32], method=['gradmem'], K=[1, 2, 5]),
+                 grid(n_pairs=[4, 8, 16, 32], method=['rmt'], K=[1]))
+    # paper_n16 sets the model and recipe; n_pairs then overrides N.
+    return Sweep('n_pairs_paper', with_seeds(pts, [0, 1, 2]), base='paper_n16',
+                 description='N sweep, paper KV model', figures=('em_vs_n',))
+  raise ValueError(f'unknown variant {variant!r}; allowed: cpu, paper')

@@ -1,0 +1,180 @@
+"""Sweeps: grids or lists of config overrides, one resumable run (and workdir) per point.
+
+A sweep file (configs/sweeps/<name>.py) defines `get_sweep(arg) -> Sweep`. Each point is a dict
+of config overrides (dotted keys or the config file's aliases). The runner gives every point its
+own workdir `<sweep_dir>/<slug>`; a point whose workdir holds results.json is finished and skipped,
+an unfinished one resumes from its checkpoint. Points run one after another in fresh processes
+(one configuration per process), or `--dry_run` prints one launch command per point for a cluster
+or TPU-pod queue.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+Point = dict
+
+
+@dataclasses.dataclass
+class Sweep:
+  name: str
+  points: list                      # list[dict[str, Any]] of overrides
+  base: str = ''                    # presets/overrides applied before every point (config arg)
+  description: str = ''
+  figures: tuple = ()               # figure kinds for the report: em_vs_n, em_vs_memory, ...
+
+
+def grid(**axes: Sequence[Any]) -> list[Point]:
+  """Cartesian product: grid(K=[1, 2], n_pairs=[4, 8]) -> 4 points."""
+  keys = list(axes)
+  return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def concat(*lists: Iterable[Point]) -> list[Point]:
+  return [dict(p) for lst in lists for p in lst]
+
+
+def with_seeds(points: Iterable[Point], seeds: Sequence[int]) -> list[Point]:
+  return [dict(p, seed=s) for p in points for s in seeds]
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return f'{v:g}'
+  return str(v)
+
+
+def slug(point: Point) -> str:
+  """Directory name of a point: 'K=2,n_pairs=16' (stable key order as written)."""
+  s = ','.join(f'{k}={_fmt(v)}' for k, v in point.items()) or 'base'
+  return s.replace('/', '_').replace(' ', '')
+
+
+def load_sweep(spec: str) -> Sweep:
+  """`path/to/sweep.py[:arg]` -> Sweep."""
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'sweep file {path} not found')
+  mod_spec = importlib.util.spec_from_file_location(f'_sweep_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise ValueError(f'sweep file {path} defines no get_sweep(arg)')
+  sweep = module.get_sweep(arg or None)
+  names = [slug(p) for p in sweep.points]
+  dup = {n for n in names if names.count(n) > 1}
+  if dup:
+    raise ValueError(f'sweep {sweep.name} has duplicate points: {sorted(dup)}')
+  return sweep
+
+
+def config_arg(config_spec: str, sweep: Sweep, point: Point) -> str:
+  """The --config value of one point: file[:its args],sweep base,point overrides."""
+  path, _, arg = config_spec.partition(':')
+  parts = [p for p in (arg, sweep.base) if p]
+  parts += [f'{k}={_fmt(v)}' for k, v in point.items()]
+  return path + (':' + ','.join(parts) if parts else '')
+
+
+def point_command(config_spec: str, sweep: Sweep, point: Point, sweep_dir: str,
+                  module: str = 'experiments.kv_retrieval', python: str = 'python') -> list[str]:
+  return [python, '-m', module, f'--config={config_arg(config_spec, sweep, point)}',
+          f'--workdir={os.path.join(sweep_dir, slug(point))}']
+
+
+def validate_points(config_spec: str, sweep: Sweep, get_config) -> None:
+  """Builds every point's config up front: a bad override fails before anything runs."""
+  for p in sweep.points:
+    arg = config_arg(config_spec, sweep, p).partition(':')[2]
+    try:
+      get_config(arg)
+    except ValueError as e:
+      raise ValueError(f'sweep point {slug(p)}: {e}') from None
+
+
+def is_finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, 'results.json'))
+
+
+def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
+  os.makedirs(sweep_dir, exist_ok=True)
+  manifest = {'name': sweep.name, 'description': sweep.description, 'config': config_spec,
+              'base': sweep.base, 'figures': list(sweep.figures),
+              'points': [{'slug': slug(p), 'overrides': p} for p in sweep.points]}
+  tmp = os.path.join(sweep_dir, 'sweep.json.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(tmp, os.path.join(sweep_dir, 'sweep.json'))
+
+
+def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
+              module: str = 'experiments.kv_retrieval', log=print,
+              cwd: Optional[str] = None) -> list[dict]:
+  """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts."""
+  write_manifest(sweep_dir, config_spec, sweep)
+  status = []
+  todo = [p for p in sweep.points if not is_finished(os.path.join(sweep_dir, slug(p)))]
+  if dry_run:
+    for p in sweep.points:
+      cmd = point_command(config_spec, sweep, p, sweep_dir, module)
+      log(' '.join(shlex.quote(c) for c in cmd))
+      status.append({'slug': slug(p), 'status': 'dry_run'})
+    return status
+  t_sweep = time.perf_counter()
+  n_done = 0
+  for i, p in enumerate(sweep.points):
+    wd = os.path.join(sweep_dir, slug(p))
+    if is_finished(wd):
+      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: finished, skipped')
+      status.append({'slug': slug(p), 'status': 'skipped'})
+      continue
+    cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
+    elapsed = time.perf_counter() - t_sweep
+    eta = ''
+    if n_done:
+      eta = f', ETA {(len(todo) - n_done) * elapsed / n_done / 60:.1f} min'
+    log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: running ({n_done}/{len(todo)} done{eta})')
+    os.makedirs(wd, exist_ok=True)
+    with open(os.path.join(wd, 'stdout.log'), 'a') as out:
+      rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    n_done += 1
+    ok = rc == 0 and is_finished(wd)
+    status.append({'slug': slug(p), 'status': 'ok' if ok else f'failed (exit {rc})'})
+    if not ok:
+      log(f'  {slug(p)} failed with exit code {rc}; see {wd}/stdout.log')
+    else:
+      r = json.load(open(os.path.join(wd, 'results.json')))
+      em = r.get('best', {}).get('em')
+      log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
+          if em is not None else f'  {slug(p)}: done')
+  return status
+
+
+def collect(sweep_dir: str) -> list[dict]:
+  """Every point's results.json with its overrides (from sweep.json, else config.json)."""
+  manifest_path = os.path.join(sweep_dir, 'sweep.json')
+  overrides = {}
+  if os.path.exists(manifest_path):
+    for p in json.load(open(manifest_path))['points']:
+      overrides[p['slug']] = p['overrides']
+  rows = []
+  for name in sorted(os.listdir(sweep_dir)):
+    path = os.path.join(sweep_dir, name, 'results.json')
+    if not os.path.exists(path):
+      continue
+    r = json.load(open(path))
+    r['slug'] = name
+    r['overrides'] = overrides.get(name, {})
+    kx = os.path.join(sweep_dir, name, 'k_extrapolation.json')
+    if os.path.exists(kx):
+      r['k_extrapolation'] = json.load(open(kx))
+    rows.append(r)
+  return rows

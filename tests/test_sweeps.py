@@ -1,0 +1,111 @@
+"""Sweeps, reports and the method comparison command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gradmem_jax import report, sweeps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, cwd=ROOT, timeout=600):
+  out = subprocess.run([sys.executable, '-m'] + args, cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.fixture
+def two_point_sweep(tmp_path):
+  path = tmp_path / 'two.py'
+  path.write_text(
+      'from gradmem_jax.sweeps import Sweep, grid\n'
+      'def get_sweep(arg=None):\n'
+      '  return Sweep("two", grid(K=[1, 2]), base="tiny,max_steps=2", figures=("em_vs_k",))\n')
+  return str(path)
+
+
+def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
+  sd = tmp_path / 'sweep'
+  args = ['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
+          f'--sweep={two_point_sweep}', f'--sweep_dir={sd}']
+  first = _run(args)
+  assert first.count(': running') == 2
+  for slug in ('K=1', 'K=2'):
+    r = json.load(open(sd / slug / 'results.json'))
+    assert r['K'] == int(slug[-1]) and r['steps'] == 2
+  assert (sd / 'report.md').exists() and (sd / 'em_vs_k.png').stat().st_size > 0
+  second = _run(args)
+  assert second.count('finished, skipped') == 2 and ': running' not in second
+
+
+def test_dry_run_prints_one_command_per_point(tmp_path):
+  out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
+              f'--sweep={ROOT}/configs/sweeps/n_pairs.py:paper', f'--sweep_dir={tmp_path}',
+              '--dry_run'])
+  cmds = [l for l in out.splitlines() if 'experiments.kv_retrieval' in l]
+  assert len(cmds) == 48 == len(sweeps.load_sweep(f'{ROOT}/configs/sweeps/n_pairs.py:paper').points)
+  assert len(set(cmds)) == 48
+  assert all('--workdir=' in c and 'paper_n16' in c for c in cmds)
+  assert not any(os.path.isdir(tmp_path / d) for d in os.listdir(tmp_path))  # nothing ran
+
+
+@pytest.mark.parametrize('name', ['k_steps', 'n_pairs', 'inner_lr', 'grad_mode', 'memory_size'])
+@pytest.mark.parametrize('variant', ['cpu', 'paper'])
+def test_shipped_sweeps_build_valid_configs(name, variant):
+  from configs import kv_retrieval
+  sweep = sweeps.load_sweep(f'{ROOT}/configs/sweeps/{name}.py:{variant}')
+  assert sweep.points
+  sweeps.validate_points('configs/kv_retrieval.py', sweep, kv_retrieval.get_config)
+
+
+def test_bad_sweep_point_fails_before_running(tmp_path):
+  path = tmp_path / 'bad.py'
+  path.write_text('from gradmem_jax.sweeps import Sweep\n'
+                  'def get_sweep(arg=None):\n  return Sweep("bad", [{"K": -1}])\n')
+  out = subprocess.run([sys.executable, '-m', 'experiments.sweep',
+                        f'--config={ROOT}/configs/kv_retrieval.py', f'--sweep={path}',
+                        f'--sweep_dir={tmp_path / "s"}'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode != 0 and 'sweep point K=-1' in out.stderr
+
+
+def _fake_run(d, slug, overrides, em, token_acc, **fields):
+  os.makedirs(d / slug)
+  r = {'method': 'gradmem', 'n_pairs': 4, 'K': 1, 'grad_mode': 'second', 'num_memory': 8,
+       'inner_lr': 1.0, 'inner_optimizer': 'sgd', 'memory_floats': 512, 'steps': 100,
+       'wall_time_s': 60.0, 'best': {'em': em, 'token_acc': token_acc, 'target_loss': 0.1},
+       'final': {'em': em}}
+  r.update(fields)
+  json.dump(r, open(d / slug / 'results.json', 'w'))
+  return overrides
+
+
+def test_report_means_stds_and_figure(tmp_path):
+  points = []
+  for seed, (em, acc) in enumerate([(0.5, 0.7), (0.7, 0.9), (0.9, 0.95)]):
+    points.append({'slug': f'K=1,seed={seed}',
+                   'overrides': _fake_run(tmp_path, f'K=1,seed={seed}', {'K': 1, 'seed': seed},
+                                          em, acc)})
+  points.append({'slug': 'K=2,seed=0',
+                 'overrides': _fake_run(tmp_path, 'K=2,seed=0', {'K': 2, 'seed': 0}, 1.0, 1.0, K=2)})
+  json.dump({'name': 'fake', 'points': points}, open(tmp_path / 'sweep.json', 'w'))
+  runs = sweeps.collect(str(tmp_path))
+  out = report.make_report(runs, str(tmp_path / 'out'), figures=('em_vs_k',), title='fake')
+  rows = {r['K']: r for r in out['rows']}
+  assert rows[1]['seeds'] == 3
+  np.testing.assert_allclose(rows[1]['em_mean'], 0.7)
+  np.testing.assert_allclose(rows[1]['em_std'], np.std([0.5, 0.7, 0.9]))
+  np.testing.assert_allclose(rows[1]['token_acc_mean'], np.mean([0.7, 0.9, 0.95]))
+  assert rows[2]['seeds'] == 1 and rows[2]['em_mean'] == 1.0
+  assert '| 1 | 3 | 70.00 | 16.33 |' in out['table']
+  png = tmp_path / 'out' / 'em_vs_k.png'
+  assert png.exists() and png.stat().st_size > 1000
+  csv_text = (tmp_path / 'out' / 'report.csv').read_text()
+  assert csv_text.splitlines()[0].startswith('K,seeds,em_mean')
