@@ -23,7 +23,7 @@ _METHODS = flags.DEFINE_list('methods', ['gradmem', 'rmt:K=1', 'full_context'],
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands only.')
 
 COLUMNS = ('method', 'K', 'memory_floats', 'em', 'token_acc', 'steps', 'wall_time_min',
-           'write_flops_per_sample')
+           'write_flops_per_sample', 'read_flops_per_sample')
 
 
 def parse_methods(entries):
@@ -45,7 +45,8 @@ def table_rows(runs):
                  'memory_floats': r['memory_floats'], 'em': r['best'].get('em'),
                  'token_acc': r['best'].get('token_acc'), 'steps': r['steps'],
                  'wall_time_min': r['wall_time_s'] / 60,
-                 'write_flops_per_sample': r.get('write_flops_per_sample')})
+                 'write_flops_per_sample': r.get('write_flops_per_sample'),
+                 'read_flops_per_sample': r.get('read_flops_per_sample')})
   order = {'full_context': 0, 'gradmem': 1, 'rmt': 2}
   return sorted(rows, key=lambda x: (order.get(x['method'], 9), str(x['K'])))
 
@@ -54,8 +55,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   sweep = sweeps.Sweep(name='compare', points=parse_methods(_METHODS.value))
-  from experiments.sweep import load_get_config
-  sweeps.validate_points(_CONFIG.value, sweep, load_get_config(_CONFIG.value).get_config)
+  sweeps.validate_points(_CONFIG.value, sweep, sweeps.load_config_module(_CONFIG.value).get_config)
   sweeps.run_sweep(_CONFIG.value, sweep, _WORKDIR.value, dry_run=_DRY_RUN.value,
                    log=lambda s: print(s, flush=True))
   if _DRY_RUN.value:

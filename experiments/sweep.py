@@ -8,7 +8,6 @@ Afterwards: python -m experiments.report --sweep_dir=/tmp/sweep_k
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from absl import app, flags
@@ -25,19 +24,11 @@ _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished GradMem 
                             'K_eval values (k_extrapolation.json per point).')
 
 
-def load_get_config(config_spec: str):
-  path = config_spec.partition(':')[0]
-  spec = importlib.util.spec_from_file_location('_sweep_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   sweep = sweeps.load_sweep(_SWEEP.value)
-  config_module = load_get_config(_CONFIG.value)
+  config_module = sweeps.load_config_module(_CONFIG.value)
   sweeps.validate_points(_CONFIG.value, sweep, config_module.get_config)
   print(f'sweep {sweep.name}: {len(sweep.points)} points -> {_SWEEP_DIR.value}', flush=True)
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value,

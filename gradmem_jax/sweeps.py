@@ -76,6 +76,17 @@ def load_sweep(spec: str) -> Sweep:
   return sweep
 
 
+def load_config_module(config_spec: str):
+  """The config file module of `path[:arg]` (for its get_config and ALIASES)."""
+  path = config_spec.partition(':')[0]
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path} not found')
+  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def config_arg(config_spec: str, sweep: Sweep, point: Point) -> str:
   """The --config value of one point: file[:its args],sweep base,point overrides."""
   path, _, arg = config_spec.partition(':')

@@ -15,6 +15,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -131,10 +132,11 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, dict]:
           params=ocp.args.StandardRestore(_abstract(abstract_params)),
           meta=ocp.args.JsonRestore()))
       return r['params'], dict(r['meta'], step=step)
-    # A resumable checkpoint: restore it whole (its optimizer state may differ from ours) and
-    # keep the parameters.
-    r = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                   meta=ocp.args.JsonRestore()))
+    # A resumable checkpoint: restore it whole (its optimizer state may differ from ours),
+    # onto this process's devices whatever topology wrote it, and keep the parameters.
+    r = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_stored_target(directory, step, 'state')),
+        meta=ocp.args.JsonRestore()))
     params = r['state']['params']
     _check_tree(params, abstract_params, directory, step)
     params = jax.tree_util.tree_map(lambda x, a: jax.device_put(x, a.sharding)
@@ -143,6 +145,16 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, dict]:
     return params, dict(r['meta'], step=step)
   raise FileNotFoundError(f'no finished checkpoint under {path} (looked for best/ and '
                           'checkpoints/)')
+
+
+def _stored_target(directory: str, step: int, item: str) -> Any:
+  """Abstract arrays (shape, dtype) of a stored tree, replicated over this process's devices."""
+  md = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), item))
+  tree = getattr(md, 'item_metadata', md)
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('d',))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                                tree)
 
 
 def _check_tree(params, abstract, where, step):

@@ -18,11 +18,31 @@ BATCH_AXES = ('data', 'fsdp')
 
 
 def maybe_initialize_distributed(config) -> None:
-  """Multi-host start-up when config.distributed is set or the launcher's environment says so."""
-  env = any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS'))
-  if config.get('distributed', False) or env:
-    if not jax.distributed.is_initialized():
-      jax.distributed.initialize()
+  """Multi-host start-up when config.distributed is set or JAX_COORDINATOR_ADDRESS is.
+
+  On TPU pods and SLURM/Open MPI/Kubernetes clusters `jax.distributed.initialize()` finds the
+  coordinator itself (config.distributed=True). Elsewhere (several processes on one machine, bare
+  multi-GPU hosts) set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  addr = os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if not (config.get('distributed', False) or addr):
+    return
+  if _distributed_is_initialized():
+    return
+  if addr:
+    jax.distributed.initialize(coordinator_address=addr,
+                               num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                               process_id=int(os.environ['JAX_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()
+
+
+def _distributed_is_initialized() -> bool:
+  fn = getattr(jax.distributed, 'is_initialized', None)
+  if fn is not None:
+    return bool(fn())
+  from jax._src import distributed  # older jax
+  return distributed.global_state.client is not None
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:

@@ -203,7 +203,7 @@ def flops_per_sample(exp: Experiment, params) -> dict:
     try:
       ca = jax.jit(f).lower(*args).compile().cost_analysis()
       ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-      return float(ca.get('flops', float('nan')))
+      return float(ca.get('flops', 0.0))  # no 'flops' entry: nothing computed
     except Exception:  # noqa: BLE001 - informational only
       return float('nan')
 
@@ -437,6 +437,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'best': _jsonable(best_eval), 'final': _jsonable(final_eval),
       'seed': int(cfg.seed), 'devices': exp.mesh.size,
   }
+  checksum = params_checksum(state['params'])
+  results['params_checksum'] = checksum
+  print(f'process {jax.process_index()}/{jax.process_count()}: params checksum {checksum!r}',
+        flush=True)
   if jax.process_count() == 1:
     results.update(flops_per_sample(exp, state['params']))
   if is_main:
@@ -448,6 +452,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.close()
   ckpt.close()
   return results
+
+
+def params_checksum(params) -> float:
+  """Sum of |x| over every parameter (float64 on the host): equal on every process."""
+  leaves = jax.tree_util.tree_leaves(mesh_lib.to_host(params))
+  return float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))
 
 
 def _jsonable(d: Any) -> Any:

@@ -1,0 +1,244 @@
+r"""Benchmark the GradMem training step (second vs first order) and WRITE+READ inference.
+
+Paper KV model (Llama, 4 layers, width 128, 4 heads, MLP 512, vocab 70, m = 8), 16 pairs (context
+113 tokens, query+target 9), batch 64, fp32. One configuration per fresh process (so peak memory
+belongs to it); prints one JSON object per line:
+
+  python benchmarks/train_step.py                         # K in {1,2,5} x {second, first} + infer
+  python benchmarks/train_step.py --Ks=5 --modes=second --n_pairs=64 --batch=8 \
+      --remat=none,full,dots --infer=false                 # the scale-out issue's remat numbers
+
+Timing follows ../shared/docs/BENCHMARKING.md: compile outside the timed region (AOT), block on
+results, median/min/max over >= 5 steps; steps during which other processes used more than 5% of
+the machine are discarded and counted (CPU only); the fp32 matmul peak is measured in the same
+process. FLOPs are XLA's cost analysis of the same step lowered without the micro-batch loop (the
+analysis counts a loop body once) and with the K inner steps unrolled; no rematerialised work
+unless a remat policy is set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine load (Linux /proc/stat).
+
+
+def _busy_jiffies():
+  with open('/proc/stat') as f:
+    parts = f.readline().split()[1:]
+  vals = [int(x) for x in parts]
+  idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+  return sum(vals) - idle, sum(vals)
+
+
+def _own_cpu_s():
+  t = os.times()
+  return t.user + t.system
+
+
+def other_load(fn):
+  """Runs fn(); returns (result, wall seconds, fraction of the machine used by other processes)."""
+  hz = os.sysconf('SC_CLK_TCK')
+  ncpu = os.cpu_count() or 1
+  b0, _ = _busy_jiffies()
+  c0 = _own_cpu_s()
+  t0 = time.perf_counter()
+  out = fn()
+  wall = time.perf_counter() - t0
+  b1, _ = _busy_jiffies()
+  c1 = _own_cpu_s()
+  other = max((b1 - b0) / hz - (c1 - c0), 0.0)
+  return out, wall, other / max(wall * ncpu, 1e-9)
+
+
+def wait_for_idle(max_wait_s=120.0, threshold=0.05):
+  """Waits until other processes use < threshold of the machine over 1 s (up to max_wait_s)."""
+  t0 = time.perf_counter()
+  while True:
+    _, _, load = other_load(lambda: time.sleep(1.0))
+    if load < threshold or time.perf_counter() - t0 > max_wait_s:
+      return load
+
+
+# ------------------------------------------------------------------------------------------------
+# One configuration (runs in its own process).
+
+
+def peak_memory_mb(jax):
+  dev = jax.devices()[0]
+  if dev.platform != 'cpu':
+    stats = dev.memory_stats() or {}
+    return stats.get('peak_bytes_in_use', 0) / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def matmul_peak(jax, jnp, n=2048, reps=10):
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  ts = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(f(a))
+    ts.append(time.perf_counter() - t)
+  return 2 * n ** 3 / min(ts)
+
+
+def cost_flops(compiled):
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  return float(ca.get('flops', float('nan'))), float(ca.get('bytes accessed', float('nan')))
+
+
+def run_one(args):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  if args.matmul_precision:
+    jax.config.update('jax_default_matmul_precision', args.matmul_precision)
+  from configs import kv_retrieval
+  from gradmem_jax.training import build_experiment, init_state, make_eval_step, make_train_step
+
+  on_cpu = jax.devices()[0].platform == 'cpu'
+  micro = args.micro_batch if args.micro_batch >= 0 else (8 if on_cpu else 0)
+  if micro and args.batch % micro:
+    micro = 0
+  config = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
+                                   f'grad_mode={args.mode},batch_size={args.batch},'
+                                   f'optim.micro_batch_size={micro}')
+  config.memory.inner_remat = args.remat
+  config.memory.inner_impl = args.impl
+  config.eval.batch_size = args.batch
+  exp = build_experiment(config)
+  state = init_state(exp, jax.random.PRNGKey(0))
+  local = next(exp.task.train_batches(args.batch))[1]
+  batch = {k: jnp.asarray(v) for k, v in local.items()}
+  rng = jax.random.PRNGKey(1)
+  peak = matmul_peak(jax, jnp)
+
+  if args.name == 'train':
+    fn = jax.jit(make_train_step(exp), donate_argnums=0)
+    compiled = fn.lower(state, batch, rng).compile()
+    # FLOPs of the same step without the micro-batch loop (identical arithmetic).
+    flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
+                                       f'grad_mode={args.mode},batch_size={args.batch},'
+                                       'optim.micro_batch_size=0')
+    flat_cfg.memory.inner_remat = args.remat
+    flat_cfg.memory.inner_impl = args.impl
+    flat = build_experiment(flat_cfg)
+    flops, bytes_acc = cost_flops(jax.jit(make_train_step(flat)).lower(state, batch, rng).compile())
+    run = lambda s: compiled(s, batch, rng)
+    state, m = run(state)  # warm-up
+    jax.block_until_ready(m)
+  else:
+    step = make_eval_step(exp)
+    compiled = jax.jit(step).lower(state['params'], batch).compile()
+    flops, bytes_acc = cost_flops(compiled)
+    params = state['params']
+    jax.block_until_ready(compiled(params, batch))
+
+  times, discarded = [], 0
+  load_before = wait_for_idle(args.max_idle_wait) if on_cpu else 0.0
+  attempts = 0
+  while len(times) < args.steps and attempts < args.steps * 4:
+    attempts += 1
+    if args.name == 'train':
+      (state, m), wall, load = other_load(lambda: jax.block_until_ready(run(state)))
+    else:
+      _, wall, load = other_load(lambda: jax.block_until_ready(compiled(params, batch)))
+    if on_cpu and load > 0.05:
+      discarded += 1
+      continue
+    times.append(wall)
+  ts = np.asarray(times)
+  med = float(np.median(ts))
+  row = {
+      'name': args.name, 'K': args.K, 'grad_mode': args.mode if args.name == 'train' else None,
+      'batch': args.batch, 'n_pairs': args.n_pairs, 'remat': args.remat, 'impl': args.impl,
+      'micro_batch': micro, 'step_s_median': med, 'step_s_min': float(ts.min()),
+      'step_s_max': float(ts.max()), 'steps_timed': len(ts), 'steps_discarded_load': discarded,
+      'samples_per_s': args.batch / med, 'peak_rss_mb': peak_memory_mb(jax),
+      'flops_per_step': flops, 'bytes_accessed': bytes_acc,
+      'achieved_flops_per_s': flops / med, 'matmul_peak_flops_per_s': peak,
+      'frac_of_peak': flops / med / peak, 'other_load_before': load_before,
+      'device': str(jax.devices()[0].device_kind), 'platform': jax.devices()[0].platform,
+      'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'matmul_precision': args.matmul_precision or 'default', 'cpu_count': os.cpu_count(),
+      'machine': platform.processor() or platform.machine(),
+  }
+  print(json.dumps(row), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver: one fresh process per configuration.
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--Ks', default='1,2,5')
+  p.add_argument('--modes', default='second,first')
+  p.add_argument('--n_pairs', type=int, default=16)
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--remat', default='none', help='comma list of inner-step remat policies')
+  p.add_argument('--impl', default='batched', help='comma list: batched, vmap')
+  p.add_argument('--micro_batch', type=int, default=-1, help='-1: 8 on CPU, none on GPU')
+  p.add_argument('--infer', default='true', help='also time WRITE+READ inference')
+  p.add_argument('--train', default='true')
+  p.add_argument('--matmul_precision', default='highest',
+                 help="jax_default_matmul_precision ('highest' = true fp32 on GPUs; '' = default)")
+  p.add_argument('--max_idle_wait', type=float, default=120.0)
+  p.add_argument('--out', default='', help='also append the JSON lines to this file')
+  # internal: a single configuration
+  p.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--name', default='train', help=argparse.SUPPRESS)
+  p.add_argument('--K', type=int, default=2, help=argparse.SUPPRESS)
+  p.add_argument('--mode', default='second', help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.one:
+    run_one(args)
+    return
+  configs = []
+  ks = [int(k) for k in args.Ks.split(',') if k]
+  if args.train.lower() == 'true':
+    for impl in args.impl.split(','):
+      for remat in args.remat.split(','):
+        for mode in args.modes.split(','):
+          for k in ks:
+            configs.append(['--name=train', f'--K={k}', f'--mode={mode}', f'--remat={remat}',
+                            f'--impl={impl}'])
+  if args.infer.lower() == 'true':
+    for k in ks:
+      configs.append(['--name=infer', f'--K={k}', '--mode=second', '--remat=none',
+                      '--impl=batched'])
+  common = [f'--n_pairs={args.n_pairs}', f'--batch={args.batch}', f'--steps={args.steps}',
+            f'--micro_batch={args.micro_batch}', f'--matmul_precision={args.matmul_precision}',
+            f'--max_idle_wait={args.max_idle_wait}']
+  for c in configs:
+    cmd = [sys.executable, os.path.abspath(__file__), '--one'] + c + common
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
+    if out.returncode != 0 or not lines:
+      err = {'name': 'error', 'config': c, 'returncode': out.returncode,
+             'stderr_tail': out.stderr[-2000:]}
+      lines = [json.dumps(err)]
+    for l in lines:
+      print(l, flush=True)
+      if args.out:
+        with open(args.out, 'a') as f:
+          f.write(l + '\n')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,109 @@
+"""A small notebook-level API: build or load a model, write contexts, answer queries from memory.
+
+  from gradmem_jax.api import GradMemModel
+  model = GradMemModel.from_workdir('/tmp/kv_run')          # or GradMemModel.from_config('tiny')
+  mem = model.write('!ab:cd!!ef:gh!|')                      # K gradient steps on the memory
+  model.answer(mem, ['?!ab:', '?!ef:'])                     # -> ['cd!|', 'gh!|']
+  mem.stats['write_loss']                                   # WRITE loss per inner step
+
+The context is not kept: `answer` sees only the memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradmem_jax.data.kv import collate, KVSample
+from gradmem_jax.training.checkpoint import load_params
+from gradmem_jax.training.evaluate import load_run_config
+from gradmem_jax.training.train import Experiment, abstract_state, build_experiment
+
+
+@dataclasses.dataclass
+class Memory:
+  state: dict    # {'memory': [B, m, d], ...} as returned by the method's write
+  stats: dict    # numpy inner-loop statistics per context
+  n_contexts: int
+
+
+class GradMemModel:
+
+  def __init__(self, exp: Experiment, params):
+    self.exp = exp
+    self.params = params
+    self.tokenizer = exp.task.tokenizer
+    method = exp.method
+    self._write = jax.jit(lambda p, c, m, K: method.write(p, c, m, K=K), static_argnums=3)
+    self._generate = jax.jit(
+        lambda p, s, q, ql, n: method.generate(p, s, q, ql, max_new_tokens=n,
+                                               stop_ids=exp.task.stop_ids, pad_id=exp.task.pad_id),
+        static_argnums=4)
+    self._read = jax.jit(lambda p, s, qa: method.read_logits(p, s, qa))
+
+  @classmethod
+  def from_config(cls, arg: Optional[str] = None, seed: int = 0) -> 'GradMemModel':
+    """A freshly initialised model from configs/kv_retrieval.py presets/overrides."""
+    from configs import kv_retrieval
+    exp = build_experiment(kv_retrieval.get_config(arg))
+    return cls(exp, exp.method.init_params(jax.random.PRNGKey(seed)))
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: Optional[str] = None) -> 'GradMemModel':
+    """A trained model: the run's config and its best (else latest) parameters."""
+    exp = build_experiment(load_run_config(workdir))
+    abstract, _ = abstract_state(exp)
+    params, _ = load_params(checkpoint or workdir, abstract['params'])
+    return cls(exp, params)
+
+  def _ids(self, text: Union[str, Sequence[int]]) -> np.ndarray:
+    ids = self.tokenizer.encode(text) if isinstance(text, str) else np.asarray(text, np.int32)
+    vocab = self.exp.backbone.vocab_size
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+      bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+      raise ValueError(f'token id {bad} is outside the model vocabulary [0, {vocab})')
+    return ids
+
+  def write(self, contexts: Union[str, Sequence[str]], K: Optional[int] = None) -> Memory:
+    """WRITE one context or a list of contexts into memory (K steps; default: the trained K)."""
+    if self.exp.mem_cfg.method == 'full_context':
+      raise ValueError('the full-context baseline has no memory to write')
+    contexts = [contexts] if isinstance(contexts, (str, np.ndarray)) else list(contexts)
+    samples = [KVSample(self._ids(c), np.zeros(1, np.int32), np.zeros(0, np.int32))
+               for c in contexts]
+    batch = collate(samples, self.exp.task.pad_id)
+    K = self.exp.mem_cfg.K if K is None else int(K)
+    state, stats = self._write(self.params, jnp.asarray(batch['context']),
+                               jnp.asarray(batch['context_mask']), K)
+    return Memory(state, jax.tree_util.tree_map(np.asarray, stats), len(contexts))
+
+  def _tile(self, memory: Memory, index: int, n: int) -> dict:
+    return jax.tree_util.tree_map(lambda x: jnp.repeat(x[index:index + 1], n, axis=0), memory.state)
+
+  def answer(self, memory: Memory, queries: Sequence[str], context_index: int = 0,
+             max_new_tokens: Optional[int] = None) -> list[str]:
+    """Greedy answers to several queries from one written context's memory."""
+    ids = [self._ids(q) for q in queries]
+    n = len(ids)
+    plen = max(len(i) for i in ids)
+    prompt = np.zeros((n, plen), np.int32)
+    for j, i in enumerate(ids):
+      prompt[j, :len(i)] = i
+    max_new = max_new_tokens or (self.exp.task.cfg.value_len + 2)
+    out = self._generate(self.params, self._tile(memory, context_index, n), jnp.asarray(prompt),
+                         jnp.asarray([len(i) for i in ids], jnp.int32), int(max_new))
+    return [self.tokenizer.decode(row) for row in np.asarray(out)]
+
+  def score(self, memory: Memory, query: str, target: str, context_index: int = 0) -> dict:
+    """Teacher-forced log-probability of `target` after `query`, and whether argmax gets it."""
+    q, t = self._ids(query), self._ids(target)
+    qa = jnp.asarray(np.concatenate([q, t])[None])
+    logits = self._read(self.params, self._tile(memory, context_index, 1), qa)[0]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    pos = np.arange(len(q), len(q) + len(t))
+    lp = float(np.asarray(logp)[pos, t].sum())
+    exact = bool(np.all(np.asarray(jnp.argmax(logits, -1))[pos] == t))
+    return {'logprob': lp, 'exact': exact}

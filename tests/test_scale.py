@@ -1,0 +1,152 @@
+"""Scale-out: data parallel and FSDP on fake CPU devices, two processes with
+jax.distributed, gradient accumulation."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import kv_retrieval
+from gradmem_jax.training import build_experiment, init_state, make_train_step
+from gradmem_jax.training.checkpoint import load_params
+from gradmem_jax.training.train import abstract_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARG = 'tiny,max_steps=4,train.checkpoint_every=2,train.eval_every=2'
+
+
+def _train(workdir, devices=1, arg=ARG, extra=(), env_extra=None, timeout=300):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  env.update(env_extra or {})
+  cmd = [sys.executable, '-m', 'experiments.kv_retrieval',
+         f'--config={ROOT}/configs/kv_retrieval.py:{arg}', f'--workdir={workdir}', *extra]
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=300):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-4000:]
+  return out
+
+
+def _losses(workdir):
+  return [json.loads(l)['loss'] for l in open(os.path.join(workdir, 'metrics.jsonl'))
+          if 'loss' in json.loads(l)]
+
+
+def _params(workdir, arg=ARG):
+  exp = build_experiment(kv_retrieval.get_config(arg))
+  abstract, _ = abstract_state(exp)
+  return load_params(os.path.join(workdir, 'checkpoints'), abstract['params'])[0]
+
+
+def _assert_close(a, b, **tol):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def test_four_devices_match_one_and_checkpoints_move_between_them(tmp_path):
+  one, four, fsdp = tmp_path / 'one', tmp_path / 'four', tmp_path / 'fsdp'
+  procs = [_train(one, 1), _train(four, 4), _train(fsdp, 4, extra=['--config.mesh.fsdp=2'])]
+  outs = [_finish(p) for p in procs]
+  assert 'devices=4' in outs[1] and 'devices=4' in outs[2]
+  np.testing.assert_allclose(_losses(four), _losses(one), rtol=1e-5)
+  np.testing.assert_allclose(_losses(fsdp), _losses(one), rtol=1e-5)
+  p1 = _params(one)
+  _assert_close(_params(four), p1, rtol=1e-5, atol=1e-6)
+  _assert_close(_params(fsdp), p1, rtol=1e-5, atol=1e-6)
+  # Resume the 4-device run on 1 device and the 1-device run on 4 devices (FSDP-sharded).
+  longer = ARG.replace('max_steps=4', 'max_steps=6')
+  a = _train(four, 1, arg=longer)
+  b = _train(one, 4, arg=longer, extra=['--config.mesh.fsdp=2'])
+  ref = _train(tmp_path / 'ref', 1, arg=longer)
+  out_a, out_b, _ = _finish(a), _finish(b), _finish(ref)
+  assert 'steps 4->6' in out_a and 'steps 4->6' in out_b
+  p_ref = _params(tmp_path / 'ref', longer)
+  _assert_close(_params(four, longer), p_ref, rtol=1e-5, atol=1e-6)
+  _assert_close(_params(one, longer), p_ref, rtol=1e-5, atol=1e-6)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_agree(tmp_path):
+  port = _free_port()
+  wd = tmp_path / 'multi'
+  procs = [_train(wd, 1, env_extra={'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+                                    'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
+           for i in range(2)]
+  outs = [_finish(p, timeout=400) for p in procs]
+  sums = []
+  for i, out in enumerate(outs):
+    m = re.search(rf'process {i}/2: params checksum ([0-9.e+-]+)', out)
+    assert m, out[-3000:]
+    sums.append(float(m.group(1)))
+  assert sums[0] == sums[1]
+  assert 'devices=2' in outs[0]
+  single = tmp_path / 'single'
+  _finish(_train(single, 2))  # the same global batch on one process with 2 devices
+  np.testing.assert_allclose(_losses(wd), _losses(single), rtol=1e-5)
+  r = json.load(open(single / 'results.json'))
+  np.testing.assert_allclose(sums[0], r['params_checksum'], rtol=1e-6)
+
+
+def test_gradient_accumulation_equals_full_batch():
+  full = kv_retrieval.get_config('tiny,batch_size=8')
+  micro = kv_retrieval.get_config('tiny,batch_size=8,optim.micro_batch_size=2')  # 4 micro-batches
+  outs = []
+  for config in (full, micro):
+    exp = build_experiment(config)
+    state = init_state(exp, jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(8))[1].items()}
+    step = jax.jit(make_train_step(exp))
+    for _ in range(2):
+      state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    outs.append((state, metrics))
+  (s_full, m_full), (s_micro, m_micro) = outs
+  np.testing.assert_allclose(m_micro['loss'], m_full['loss'], rtol=1e-5)
+  np.testing.assert_allclose(m_micro['grad_norm'], m_full['grad_norm'], rtol=1e-4)
+  _assert_close(s_micro['params'], s_full['params'], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_memory():
+  config = kv_retrieval.get_config('tiny')
+  config.model.dtype = 'bfloat16'
+  exp = build_experiment(config)
+  state = init_state(exp, jax.random.PRNGKey(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state['params']))
+  batch = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(8))[1].items()}
+  mem, stats = exp.method.write(state['params'], batch['context'], batch['context_mask'])
+  assert mem['memory'].dtype == jnp.float32
+  state, m = jax.jit(make_train_step(exp))(state, batch, jax.random.PRNGKey(1))
+  assert np.isfinite(float(m['loss']))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state['params']))
+
+
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_remat_policies_do_not_change_the_step(policy):
+  base = kv_retrieval.get_config('tiny')
+  outs = []
+  for inner, model in (('none', 'none'), (policy, policy)):
+    config = kv_retrieval.get_config('tiny')
+    config.memory.inner_remat, config.model.remat = inner, model
+    exp = build_experiment(config)
+    state = init_state(exp, jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(8))[1].items()}
+    state, m = jax.jit(make_train_step(exp))(state, batch, jax.random.PRNGKey(1))
+    outs.append(state['params'])
+  del base
+  _assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
