@@ -11,9 +11,10 @@ belongs to it); prints one JSON object per line:
 Timing follows ../shared/docs/BENCHMARKING.md: compile outside the timed region (AOT), block on
 results, median/min/max over >= 5 steps; steps during which other processes used more than 5% of
 the machine are discarded and counted (CPU only); the fp32 matmul peak is measured in the same
-process. FLOPs are XLA's cost analysis of the same step lowered without the micro-batch loop (the
-analysis counts a loop body once) and with the K inner steps unrolled; no rematerialised work
-unless a remat policy is set.
+process. FLOPs are XLA's cost analysis of the same step lowered without the micro-batch loop and
+without remat, with the K inner steps unrolled (the analysis counts a loop body once): useful
+FLOPs, no rematerialised work. On GPUs XLA's count differs (library GEMM calls); compare GPU rows
+with the CPU rows' FLOPs for the same configuration.
 """
 from __future__ import annotations
 
@@ -131,14 +132,18 @@ def run_one(args):
   if args.name == 'train':
     fn = jax.jit(make_train_step(exp), donate_argnums=0)
     compiled = fn.lower(state, batch, rng).compile()
-    # FLOPs of the same step without the micro-batch loop (identical arithmetic).
-    flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
-                                       f'grad_mode={args.mode},batch_size={args.batch},'
-                                       'optim.micro_batch_size=0')
-    flat_cfg.memory.inner_remat = args.remat
-    flat_cfg.memory.inner_impl = args.impl
-    flat = build_experiment(flat_cfg)
-    flops, bytes_acc = cost_flops(jax.jit(make_train_step(flat)).lower(state, batch, rng).compile())
+    if micro or args.remat != 'none':
+      # Useful FLOPs: the same step without the micro-batch loop and without remat (XLA's cost
+      # analysis counts a loop body once, so rolled loops would be undercounted).
+      flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
+                                         f'grad_mode={args.mode},batch_size={args.batch},'
+                                         'optim.micro_batch_size=0')
+      flat_cfg.memory.inner_impl = args.impl
+      flat = build_experiment(flat_cfg)
+      flops, bytes_acc = cost_flops(
+          jax.jit(make_train_step(flat)).lower(state, batch, rng).compile())
+    else:
+      flops, bytes_acc = cost_flops(compiled)
     run = lambda s: compiled(s, batch, rng)
     state, m = run(state)  # warm-up
     jax.block_until_ready(m)

@@ -37,7 +37,8 @@ class MemoryConfig:
   init_std: float = 0.02          # std of M0 and control tokens
   inner_impl: str = 'batched'     # batched (sum of per-sample losses) | vmap (per-sample vmap)
   inner_remat: str = 'none'       # remat policy of one inner step (models.common.REMAT_POLICIES)
-  unroll_inner: bool = True       # unroll the K-step scan: no stacked residuals to copy (faster)
+  unroll_inner: bool = True       # unroll the K-step scan: no stacked residuals to copy (faster);
+                                  # ignored (rolled) when inner_remat is set
   rmt_update: str = 'replace'     # RMT xK: replace the memory, or residual + layer norm
 
   @property
