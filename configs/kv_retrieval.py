@@ -105,7 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 200        # linear warmup
   c.optim.schedule = 'constant'     # after warmup: constant | cosine (to 0 at max_steps)
   c.optim.batch_size = 32           # global batch (all hosts)
-  c.optim.micro_batch_size = 0      # gradient accumulation chunks (0: whole batch at once)
+  c.optim.micro_batch_size = 0      # gradient accumulation chunks (0: whole batch; -1: auto =
+                                    # 8 per device on CPU, whole batch on GPU/TPU)
 
   c.train = ml_collections.ConfigDict()
   c.train.max_steps = 4000
@@ -150,7 +151,7 @@ def paper(c, n_pairs: int):
                   write_head=True)
   c.data.update(n_pairs=n_pairs, n_val=5000)
   c.optim.update(lr=1e-4, warmup_steps=10_000, batch_size=64, clip_norm=1.0, weight_decay=0.0,
-                 micro_batch_size=8)
+                 micro_batch_size=-1)
   c.train.update(max_steps=200_000, eval_every=500, checkpoint_every=500, target_em=1.0)
   c.eval.batch_size = 500
 

@@ -122,6 +122,17 @@ def test_gradient_accumulation_equals_full_batch():
   _assert_close(s_micro['params'], s_full['params'], rtol=1e-5, atol=1e-6)
 
 
+def test_auto_micro_batch_resolves_per_platform():
+  one = jax.devices()[:1]
+  exp = build_experiment(kv_retrieval.get_config('tiny,batch_size=32,optim.micro_batch_size=-1'), one)
+  assert exp.config.optim.micro_batch_size == 8  # CPU: chunks of 8 samples per device
+  exp = build_experiment(kv_retrieval.get_config('tiny,batch_size=8,optim.micro_batch_size=-1'), one)
+  assert exp.config.optim.micro_batch_size == 0  # nothing to split
+  assert kv_retrieval.get_config('paper_n16').optim.micro_batch_size == -1
+  with pytest.raises(ValueError, match='optim.micro_batch_size'):
+    kv_retrieval.get_config('tiny,optim.micro_batch_size=-2')
+
+
 def test_bfloat16_compute_keeps_float32_params_and_memory():
   config = kv_retrieval.get_config('tiny')
   config.model.dtype = 'bfloat16'

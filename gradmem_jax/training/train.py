@@ -82,6 +82,9 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experim
   o = config.optim
   if o.batch_size % n_dev:
     raise ValueError(f'optim.batch_size={o.batch_size} must be divisible by the {n_dev} devices')
+  if o.micro_batch_size == -1:  # auto: chunks of 8 per device on CPU, the whole batch elsewhere
+    config = _with_micro_batch(config, _auto_micro_batch(o.batch_size, n_dev, mesh))
+    o = config.optim
   if o.micro_batch_size and o.micro_batch_size % n_dev:
     raise ValueError(f'optim.micro_batch_size={o.micro_batch_size} must be divisible by the '
                      f'{n_dev} devices')
@@ -90,6 +93,21 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experim
                      'devices')
   optimizer = make_optimizer(config.optim, config.train.max_steps)
   return Experiment(config, task, backbone, mem_cfg, method, mesh, optimizer)
+
+
+def _auto_micro_batch(batch_size: int, n_dev: int, mesh) -> int:
+  """On CPU a second-order step over a whole batch overflows the caches; chunks of 8 samples per
+  device were fastest on 2 cores (WORKSPACE.md, perf log). Accelerators take the whole batch."""
+  if mesh.devices.flat[0].platform != 'cpu':
+    return 0
+  micro = 8 * n_dev
+  return micro if batch_size > micro and batch_size % micro == 0 else 0
+
+
+def _with_micro_batch(config, micro: int):
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.optim.micro_batch_size = micro
+  return config
 
 
 def init_state(exp: Experiment, rng: Array) -> dict:
