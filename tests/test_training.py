@@ -138,3 +138,8 @@ def test_command_line_runs_and_rejects_bad_override(tmp_path):
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and 'memory.K' in out.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_object_store_workdir_is_refused_with_a_clear_error():
+  with pytest.raises(ValueError, match='workdir=.gs://bucket/run.*FUSE'):
+    train_and_evaluate(kv_retrieval.get_config('tiny'), 'gs://bucket/run')

@@ -2,7 +2,7 @@
 
   python -m experiments.sweep --sweep=configs/sweeps/k_steps.py:cpu --sweep_dir=/tmp/sweep_k \
       --K_eval=0,1,2,3,5,8
-  python -m experiments.sweep --sweep=configs/sweeps/k_steps.py:paper --sweep_dir=gs://.../k16 --dry_run
+  python -m experiments.sweep --sweep=configs/sweeps/k_steps.py:paper --sweep_dir=/mnt/shared/k16 --dry_run
 """
 from gradmem_jax.sweeps import Sweep, grid, with_seeds
 

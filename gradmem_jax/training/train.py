@@ -339,6 +339,9 @@ def _host(tree):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the outer parameters, evaluates, checkpoints; returns the results dict."""
+  if '://' in str(workdir):
+    raise ValueError(f'workdir={workdir!r}: object-store URLs are not supported (the metrics log is '
+                     'appended to); use a local or shared filesystem path, e.g. a GCS FUSE mount')
   mesh_lib.maybe_initialize_distributed(config)
   exp = build_experiment(config)
   cfg = exp.config
