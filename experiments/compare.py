@@ -45,7 +45,8 @@ def table_rows(runs):
                  'memory_floats': r['memory_floats'], 'em': r['best'].get('em'),
                  'token_acc': r['best'].get('token_acc'), 'steps': r['steps'],
                  'wall_time_min': r['wall_time_s'] / 60,
-                 'write_flops_per_sample': r.get('write_flops_per_sample'),
+                 'write_flops_per_sample': (r.get('write_flops_per_sample')
+                                            if r['method'] != 'full_context' else '-'),
                  'read_flops_per_sample': r.get('read_flops_per_sample')})
   order = {'full_context': 0, 'gradmem': 1, 'rmt': 2}
   return sorted(rows, key=lambda x: (order.get(x['method'], 9), str(x['K'])))
@@ -69,8 +70,10 @@ def main(argv):
   with open(os.path.join(_WORKDIR.value, 'compare.md'), 'w') as f:
     f.write(f'KV retrieval, {n} pairs\n\n{table}\n')
   evaluate_lib.write_csv(rows, COLUMNS, os.path.join(_WORKDIR.value, 'compare.csv'))
-  report.make_report(runs, _WORKDIR.value, figures=(), title='compare')
-  print(f'wrote {_WORKDIR.value}/compare.md, compare.csv')
+  out = report.make_report(runs, _WORKDIR.value, figures=('em_by_method', 'em_vs_n'),
+                           title=f'KV retrieval, {n} pairs')
+  print('wrote ' + ', '.join([os.path.join(_WORKDIR.value, 'compare.md'),
+                              os.path.join(_WORKDIR.value, 'compare.csv')] + out['files']))
 
 
 if __name__ == '__main__':

@@ -151,6 +151,38 @@ def plot_k_extrapolation_runs(runs: Sequence[dict], path: str) -> bool:
   return True
 
 
+def plot_method_bars(rows: Sequence[dict], path: str, *, title: str) -> bool:
+  """One bar per (method, K, N): EM (mean, std), labelled with the memory floats it keeps."""
+  pts = [r for r in rows if r.get('em_mean') is not None]
+  if not pts:
+    return False
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(pts), 3.8))
+  labels = [(f'{r["method"]}' + ('' if r['method'] == 'full_context' else f'\nK={r.get("K")}')
+             + f'\nN={r.get("n_pairs")}') for r in pts]
+  ems = [100 * r['em_mean'] for r in pts]
+  bars = ax.bar(range(len(pts)), ems, yerr=[100 * (r.get('em_std') or 0) for r in pts],
+                capsize=3, color=[f'C{i}' for i in range(len(pts))])
+  for b, r, em in zip(bars, pts, ems):
+    floats = r.get('memory_floats')
+    inside = em > 25  # the label goes inside tall bars, above short ones
+    ax.text(b.get_x() + b.get_width() / 2, em - 4 if inside else em + 3,
+            f'{em:.1f}%' + (f'\n{int(floats)} floats' if floats else ''),
+            ha='center', va='top' if inside else 'bottom', fontsize=8,
+            color='white' if inside else 'black')
+  ax.set_xticks(range(len(pts)), labels, fontsize=8)
+  ax.set_ylabel('exact match (%)')
+  ax.set_ylim(0, 110)
+  ax.grid(alpha=0.3, axis='y')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
 FIGURES = {
     # kind: (x field, series fields, x label, log x)
     'em_vs_n': ('n_pairs', ('method', 'K'), 'key-value pairs N', False),
@@ -177,13 +209,15 @@ def make_report(runs: Sequence[dict], out_dir: str, figures: Iterable[str] = (),
     path = os.path.join(out_dir, f'{kind}.png')
     if kind == 'k_extrapolation':
       ok = plot_k_extrapolation_runs(runs, path)
+    elif kind == 'em_by_method':
+      ok = plot_method_bars(rows, path, title=title or kind)
     elif kind in FIGURES:
       x, series, xlabel, logx = FIGURES[kind]
       if len({r.get(x) for r in rows}) < 2:
         continue  # nothing varies along this axis
       ok = plot_lines(rows, x, series, path, title=title or kind, xlabel=xlabel, logx=logx)
     else:
-      raise ValueError(f'unknown figure kind {kind!r}; allowed: {sorted(FIGURES) + ["k_extrapolation"]}')
+      raise ValueError(f'unknown figure kind {kind!r}; allowed: {sorted(FIGURES) + ["em_by_method", "k_extrapolation"]}')
     if ok:
       files.append(path)
   with open(md, 'w') as f:

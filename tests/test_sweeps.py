@@ -97,7 +97,8 @@ def test_report_means_stds_and_figure(tmp_path):
                  'overrides': _fake_run(tmp_path, 'K=2,seed=0', {'K': 2, 'seed': 0}, 1.0, 1.0, K=2)})
   json.dump({'name': 'fake', 'points': points}, open(tmp_path / 'sweep.json', 'w'))
   runs = sweeps.collect(str(tmp_path))
-  out = report.make_report(runs, str(tmp_path / 'out'), figures=('em_vs_k',), title='fake')
+  out = report.make_report(runs, str(tmp_path / 'out'), figures=('em_vs_k', 'em_by_method'),
+                           title='fake')
   rows = {r['K']: r for r in out['rows']}
   assert rows[1]['seeds'] == 3
   np.testing.assert_allclose(rows[1]['em_mean'], 0.7)
@@ -105,7 +106,10 @@ def test_report_means_stds_and_figure(tmp_path):
   np.testing.assert_allclose(rows[1]['token_acc_mean'], np.mean([0.7, 0.9, 0.95]))
   assert rows[2]['seeds'] == 1 and rows[2]['em_mean'] == 1.0
   assert '| 1 | 3 | 70.00 | 16.33 |' in out['table']
-  png = tmp_path / 'out' / 'em_vs_k.png'
-  assert png.exists() and png.stat().st_size > 1000
+  for name in ('em_vs_k.png', 'em_by_method.png'):
+    png = tmp_path / 'out' / name
+    assert png.exists() and png.stat().st_size > 1000
+  with pytest.raises(ValueError, match='unknown figure kind'):
+    report.make_report(runs, str(tmp_path / 'out2'), figures=('em_vs_nothing',))
   csv_text = (tmp_path / 'out' / 'report.csv').read_text()
   assert csv_text.splitlines()[0].startswith('K,seeds,em_mean')
