@@ -9,7 +9,7 @@ from gradmem_jax.sweeps import Sweep, grid, with_seeds
 
 def get_sweep(arg=None):
   variant = arg or 'cpu'
-  if variant == 'cpu':  # the default CPU preset (2 pairs), shortened: ~35 min on 2 cores
+  if variant == 'cpu':  # the default CPU preset (2 pairs), shortened: 16 min of training on 2 cores
     return Sweep('k_steps_cpu', grid(K=[1, 2, 3, 5]), base='max_steps=2000,train.eval_every=500',
                  description='K sweep, CPU preset, 2 pairs, 2000 steps',
                  figures=('em_vs_k', 'k_extrapolation'))
