@@ -92,7 +92,7 @@ class GradMemModel:
     prompt = np.zeros((n, plen), np.int32)
     for j, i in enumerate(ids):
       prompt[j, :len(i)] = i
-    max_new = max_new_tokens or (self.exp.task.cfg.value_len + 2)
+    max_new = max_new_tokens or self.exp.task.max_new_tokens
     out = self._generate(self.params, self._tile(memory, context_index, n), jnp.asarray(prompt),
                          jnp.asarray([len(i) for i in ids], jnp.int32), int(max_new))
     return [self.tokenizer.decode(row) for row in np.asarray(out)]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 
-from gradmem_jax.data.kv import KVTaskConfig
+from gradmem_jax.data import task_config
 from gradmem_jax.memory.config import memory_config_from
 from gradmem_jax.models import backbone_from_config
 
@@ -99,15 +99,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model['vocab_size'] = 1  # resolved from the task later
   backbone_from_config(model)
   memory_config_from(config.memory)
-  data = dict(config.data)
-  task = data.pop('task', 'kv')
-  if task != 'kv':
-    raise ValueError(f"data.task={task!r} is not known; allowed: ['kv']")
-  fields = {f.name for f in dataclasses.fields(KVTaskConfig)}
-  unknown = sorted(set(data) - fields)
-  if unknown:
-    raise ValueError(f'data.{unknown[0]} is not a KV task option; allowed: {sorted(fields)}')
-  KVTaskConfig(**data).validate()
+  task_config(config.data)
   o = config.optim
   if o.lr <= 0:
     raise ValueError(f'optim.lr must be > 0, got {o.lr}')

@@ -130,6 +130,10 @@ class KVTask:
     self._val: Optional[list[KVSample]] = None
     self._val_hashes: Optional[set] = None
     self._perm_cache: dict[int, np.ndarray] = {}
+    self.context_len = cfg.context_len
+    self.max_new_tokens = cfg.value_len + 2
+    self.summary = (f'KV retrieval: {cfg.n_pairs} pairs, alphabet {cfg.alphabet_size}, context '
+                    f'{cfg.context_len} tokens')
 
   # -- single samples ---------------------------------------------------------------------------
 

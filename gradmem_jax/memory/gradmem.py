@@ -75,9 +75,11 @@ class PrefixMemory:
                    for n, k in zip(names, keys)}
     return p
 
-  def init_params(self, rng: Array) -> Params:
+  def init_params(self, rng: Array, backbone_params: Optional[Params] = None) -> Params:
+    """Fresh parameters; with `backbone_params` (e.g. a pretrained checkpoint) only the memory
+    parameters are initialised, from them (the write head copies their output embedding)."""
     k_bb, k_mem = jax.random.split(rng)
-    bb = self.backbone.init(k_bb)
+    bb = self.backbone.init(k_bb) if backbone_params is None else backbone_params
     return {'backbone': bb, 'memory': self.init_memory_params(k_mem, bb)}
 
   # ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gradmem_jax import config_lib
-from gradmem_jax.data.kv import KVTask, KVTaskConfig
+from gradmem_jax.data import build_task
 from gradmem_jax.memory import MemoryConfig, build_method, forward, losses, memory_config_from
 from gradmem_jax.memory import outer_loss
 from gradmem_jax.models import Backbone, backbone_from_config
@@ -44,7 +44,7 @@ _tree_norm = optax.tree.norm if hasattr(optax, 'tree') and hasattr(optax.tree, '
 @dataclasses.dataclass
 class Experiment:
   config: ml_collections.ConfigDict
-  task: KVTask
+  task: Any  # gradmem_jax.data task (KVTask, SquadTask)
   backbone: Backbone
   mem_cfg: MemoryConfig
   method: Any
@@ -55,20 +55,57 @@ class Experiment:
   def memory_floats(self) -> int:
     """Floats of state carried from WRITE to READ per sample."""
     if self.mem_cfg.method == 'full_context':  # the KV cache of the context
-      return 2 * self.backbone.cfg.num_layers * self.task.cfg.context_len * self.backbone.hidden_size
+      return 2 * self.backbone.cfg.num_layers * self.task.context_len * self.backbone.hidden_size
     return self.mem_cfg.num_memory * self.backbone.hidden_size
 
 
-def build_task(data_cfg) -> KVTask:
-  d = dict(data_cfg)
-  d.pop('task', None)
-  return KVTask(KVTaskConfig(**d))
+def _resolve_tokenizer(config):
+  """data.tokenizer='model' means the tokenizer stored with model.hf_checkpoint."""
+  data = config.data.to_dict()
+  if data.get('tokenizer') == 'model':
+    if not config.model.get('hf_checkpoint'):
+      raise ValueError("data.tokenizer='model' needs model.hf_checkpoint (a local Hugging Face "
+                       'checkpoint directory with its tokenizer files)')
+    data['tokenizer'] = config.model.hf_checkpoint
+  return data
+
+
+# Fields of config.model that still apply when the architecture comes from a checkpoint.
+HF_RUNTIME_FIELDS = ('dtype', 'param_dtype', 'remat')
+
+
+def _model_from_hf(model: dict) -> dict:
+  """config.model for `model.hf_checkpoint`: the architecture from the checkpoint's config.json,
+  the compute settings from ours."""
+  from gradmem_jax.models import hf
+  path = os.path.join(model['hf_checkpoint'], 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'model.hf_checkpoint={model["hf_checkpoint"]!r}: no config.json there '
+                            '(a Hugging Face checkpoint directory with *.safetensors is expected)')
+  with open(path) as f:
+    out = hf.model_config_from_hf(json.load(f))
+  out.update({k: model[k] for k in HF_RUNTIME_FIELDS if k in model})
+  out['hf_checkpoint'] = model['hf_checkpoint']
+  return out
+
+
+def pretrained_params(exp: Experiment, rng: Array) -> Optional[dict]:
+  """Params with the backbone from `model.hf_checkpoint` (memory parameters, e.g. the write head,
+  initialised from it), or None when the config names no checkpoint."""
+  directory = exp.config.model.get('hf_checkpoint', '')
+  if not directory:
+    return None
+  from gradmem_jax.models import hf
+  backbone_params = hf.load_hf_params(directory, exp.backbone)
+  return exp.method.init_params(rng, backbone_params=backbone_params)
 
 
 def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
   config_lib.validate_config(config)
-  task = build_task(config.data)
+  task = build_task(_resolve_tokenizer(config))
   model = config.model.to_dict()
+  if model.get('hf_checkpoint'):
+    model = _model_from_hf(model)
   if not model['vocab_size']:
     model['vocab_size'] = task.vocab_size
   elif model['vocab_size'] < task.vocab_size:
@@ -333,6 +370,10 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.replace(tmp, path)
 
 
+def _shape_only(tree):
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
 def _host(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(x), mesh_lib.to_host(tree))
 
@@ -362,6 +403,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             'elapsed_s': 0.0}
     init = jax.jit(functools.partial(init_state, exp), out_shardings=shardings)
     state = init(jax.random.PRNGKey(cfg.seed))
+    pretrained = None if cfg.train.init_from else pretrained_params(
+        exp, jax.random.PRNGKey(cfg.seed))
+    if pretrained is not None:
+      pretrained = jax.tree_util.tree_map(
+          lambda x, a: np.asarray(x, a.dtype), pretrained, _shape_only(abstract['params']))
+      state = dict(state, params=jax.device_put(pretrained, shardings['params']))
+      if is_main:
+        print(f'initialised the backbone from {cfg.model.hf_checkpoint}', flush=True)
     if cfg.train.init_from:
       params, src = load_params(cfg.train.init_from, abstract['params'])
       state = dict(state, params=jax.device_put(params, shardings['params']))
@@ -383,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   base_rng = jax.random.PRNGKey(cfg.seed + 1)
   progress = Progress(max_steps, cfg.train.log_every_s, start_step, enabled=is_main)
   if is_main:
-    print(f'workdir {workdir}: {exp.mem_cfg.method} K={exp.mem_cfg.K} n_pairs={exp.task.cfg.n_pairs}'
+    print(f'workdir {workdir}: {exp.mem_cfg.method} K={exp.mem_cfg.K} on {exp.task.summary};'
           f' devices={exp.mesh.size} steps {start_step}->{max_steps}', flush=True)
   step = start_step
   last_loss = float('nan')
@@ -449,7 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final_eval = evaluator(state['params'], eval_K)
   best_eval = meta.get('best') or final_eval
   results = {
-      'method': exp.mem_cfg.method, 'n_pairs': exp.task.cfg.n_pairs, 'K': exp.mem_cfg.K,
+      'task': cfg.data.get('task', 'kv'), 'method': exp.mem_cfg.method,
+      'n_pairs': getattr(exp.task.cfg, 'n_pairs', None), 'K': exp.mem_cfg.K,
       'grad_mode': exp.mem_cfg.grad_mode, 'num_memory': exp.mem_cfg.num_memory,
       'inner_lr': exp.mem_cfg.inner_lr, 'inner_optimizer': exp.mem_cfg.inner_optimizer,
       'memory_floats': exp.memory_floats, 'steps': step, 'stop_reason': stop_reason,
