@@ -46,9 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.qa_len = 0
   c.data.n_val = 0                    # 0: every held-out question
   c.data.bucket = True                # pad each batch to the next power of two
+  c.data.length_window = 1024         # batches of similar context lengths (0: plain shuffling)
+  c.data.length_block = 64
   c.data.question_prefix = 'Question: '
   c.data.answer_prefix = '\nAnswer:'
   c.optim.batch_size = 16
+  c.optim.micro_batch_size = -1       # chunks of 8 on CPU, the whole batch on accelerators
   c.train.max_steps = 2000
   c.train.eval_every = 500
   c.train.checkpoint_every = 500

@@ -108,6 +108,16 @@ def test_eval_batches_pad_without_dropping():
   assert real == 10  # every validation sample once; padding samples carry no targets
 
 
+def test_eval_batches_of_a_host_without_samples_score_nothing():
+  task = KVTask(KVTaskConfig(n_pairs=2, n_val=9))
+  # global batch 8 over 4 hosts: the last batch holds 1 sample, hosts 1-3 get none of it
+  per_host = [task.eval_batches(8, p, 4) for p in range(4)]
+  assert all(len(b) == 2 for b in per_host)
+  scored = sum(int(b['target_mask'].any(1).sum()) for bs in per_host for b in bs)
+  assert scored == 9
+  assert not per_host[3][1]['target_mask'].any()
+
+
 def test_collate_never_truncates():
   task = KVTask(KVTaskConfig(n_pairs=2, n_val=2))
   s = task.train_sample(0)

@@ -174,6 +174,21 @@ def test_samples_hold_the_answer_and_end_with_eos(squad_file):
   assert sorted(ids) == sorted(s.qid for s in task.train_set) and ids != [s.qid for s in task.train_set]
 
 
+def test_length_grouping_keeps_every_sample_and_groups_lengths(tmp_path):
+  path = write_fixture(tmp_path / 'p.json', n_articles=20, per_article=4)
+  plain = SquadTask(SquadTaskConfig(path=path, context='paragraph', length_window=0))
+  grouped = SquadTask(SquadTaskConfig(path=path, context='paragraph', length_window=64,
+                                      length_block=8))
+  n = len(grouped.train_set)
+  for task in (plain, grouped):
+    assert sorted(task.train_sample(i).qid for i in range(n)) == sorted(s.qid for s in task.train_set)
+  spread = lambda t: np.mean([np.ptp([len(t.train_sample(i).context) for i in range(b, b + 8)])
+                              for b in range(0, n - 8, 8)])
+  assert spread(grouped) < 0.5 * spread(plain)
+  assert [grouped.train_sample(i).qid for i in range(n)] != [
+      grouped.train_sample(n + i).qid for i in range(n)]  # epochs differ
+
+
 def test_batches_bucket_and_never_truncate(squad_file):
   task = SquadTask(SquadTaskConfig(path=squad_file))
   _, batch = next(task.train_batches(4))

@@ -214,7 +214,10 @@ class KVTask:
     for start in range(0, len(val), global_batch):
       chunk = val[start:start + global_batch]
       mine = chunk[process_index * local:(process_index + 1) * local]
-      out.append(self.collate(mine, batch_size=local))
+      batch = self.collate(mine or chunk[:1], batch_size=local)
+      if not mine:  # this host has no real sample in the last, short batch: nothing is scored
+        batch['target_mask'][:] = 0
+      out.append(batch)
     return out
 
   def render(self, sample_or_ids) -> str:

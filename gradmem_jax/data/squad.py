@@ -190,6 +190,9 @@ class SquadTaskConfig:
   n_val: int = 0                 # validation questions (0: all held-out questions)
   bucket: bool = True            # pad each batch's context to the next power of two (>= 64), not
                                  # the longest of the set (one compilation per bucket)
+  length_window: int = 1024      # sort each window of this many shuffled training samples by
+                                 # context length and shuffle blocks of `length_block` within it,
+  length_block: int = 64         # so batches hold similar lengths (0: plain shuffling)
   question_prefix: str = 'Question: '
   answer_prefix: str = '\nAnswer:'
 
@@ -201,7 +204,7 @@ class SquadTaskConfig:
       raise ValueError(f'data.context={self.context!r} is not known; allowed: {list(CONTEXT_MODES)}')
     if not 0 < self.val_fraction < 1:
       raise ValueError(f'data.val_fraction must be in (0, 1), got {self.val_fraction}')
-    for f in ('context_len', 'qa_len', 'n_val'):
+    for f in ('context_len', 'qa_len', 'n_val', 'length_window', 'length_block'):
       if getattr(self, f) < 0:
         raise ValueError(f'data.{f} must be >= 0 (0: automatic), got {getattr(self, f)}')
     if not self.tokenizer:
@@ -286,10 +289,23 @@ class SquadTask:
     return self._val
 
   def _epoch_perm(self, epoch: int) -> np.ndarray:
+    """The epoch's sample order: a permutation, then (with length_window) length-sorted windows
+    whose blocks are shuffled, so consecutive samples have similar lengths."""
     if epoch not in self._perm_cache:
       self._perm_cache.clear()
-      self._perm_cache[epoch] = np.random.default_rng([self.cfg.seed, 11, epoch]).permutation(
-          len(self.train_set))
+      rng = np.random.default_rng([self.cfg.seed, 11, epoch])
+      perm = rng.permutation(len(self.train_set))
+      w, blk = self.cfg.length_window, self.cfg.length_block
+      if w and blk:
+        lengths = np.array([len(s.context) for s in self.train_set])
+        parts = []
+        for lo in range(0, len(perm), w):
+          win = perm[lo:lo + w]
+          win = win[np.argsort(lengths[win], kind='stable')]
+          blocks = [win[i:i + blk] for i in range(0, len(win), blk)]
+          parts.extend(blocks[i] for i in rng.permutation(len(blocks)))
+        perm = np.concatenate(parts)
+      self._perm_cache[epoch] = perm
     return self._perm_cache[epoch]
 
   def train_sample(self, index: int) -> SquadSample:

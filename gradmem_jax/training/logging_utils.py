@@ -108,7 +108,8 @@ class Progress:
     self._s0 = start_step
     self._last = -math.inf
 
-  def maybe_report(self, step: int, loss: float, last_em: Optional[float], force: bool = False):
+  def maybe_report(self, step: int, loss: Optional[float], last_em: Optional[float],
+                   force: bool = False):
     now = time.perf_counter()
     if not self.enabled or (not force and now - self._last < self.every_s):
       return None
@@ -117,7 +118,8 @@ class Progress:
     rate = done / max(now - self._t0, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else math.inf
     em = '-' if last_em is None else f'{100 * last_em:.1f}%'
+    loss_s = '-' if loss is None else f'{loss:.4f}'  # None until the first logged step
     line = (f'step {step}/{self.total}  {rate:.2f} steps/s  ETA {format_duration(eta)}  '
-            f'loss {loss:.4f}  val EM {em}  elapsed {format_duration(now - self._t0)}')
+            f'loss {loss_s}  val EM {em}  elapsed {format_duration(now - self._t0)}')
     print(line, flush=True)
     return line

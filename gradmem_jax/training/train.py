@@ -435,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'workdir {workdir}: {exp.mem_cfg.method} K={exp.mem_cfg.K} on {exp.task.summary};'
           f' devices={exp.mesh.size} steps {start_step}->{max_steps}', flush=True)
   step = start_step
-  last_loss = float('nan')
+  last_loss = None  # until the first logged step
   stop_reason = 'max_steps'
   log_every = max(1, min(50, int(cfg.train.eval_every)))
   try:
