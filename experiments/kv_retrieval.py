@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gradmem_jax.training import train_and_evaluate
+from gradmem_jax.training.mesh import finish_distributed
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/kv_retrieval.py',
                                           'Experiment config file[:presets,overrides].')
@@ -27,6 +28,7 @@ def main(argv):
   if not _WORKDIR.value:
     print(f'no --workdir given: writing to {workdir}', flush=True)
   train_and_evaluate(_CONFIG.value, workdir)
+  finish_distributed()
 
 
 if __name__ == '__main__':

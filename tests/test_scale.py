@@ -89,7 +89,15 @@ def test_two_processes_with_jax_distributed_agree(tmp_path):
   procs = [_train(wd, 1, env_extra={'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
                                     'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
            for i in range(2)]
-  outs = [_finish(p, timeout=400) for p in procs]
+  outs = []
+  for p in procs:  # wait for both before asserting, so a failure shows both processes' output
+    try:
+      outs.append(p.communicate(timeout=600)[0])
+    except subprocess.TimeoutExpired:
+      p.kill()
+      outs.append(p.communicate()[0] + '\n[killed after 600 s]')
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f'process {i} failed:\n{out[-3000:]}\n--- the other:\n{outs[1 - i][-2000:]}'
   sums = []
   for i, out in enumerate(outs):
     m = re.search(rf'process {i}/2: params checksum ([0-9.e+-]+)', out)

@@ -37,6 +37,20 @@ def maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
+def finish_distributed() -> None:
+  """End of a multi-process run: wait for every process at a named barrier of the coordination
+  service, then leave the distributed runtime explicitly. Otherwise the shutdown barrier runs from
+  interpreter teardown at unrelated times on each process; a process that gets there more than
+  the shutdown timeout after another aborts the run (seen on a loaded 2-core CI machine)."""
+  if jax.process_count() == 1 or not _distributed_is_initialized():
+    return
+  from jax._src import distributed
+  client = distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier('gradmem_jax_run_finished', timeout_in_ms=30 * 60 * 1000)
+  jax.distributed.shutdown()
+
+
 def _distributed_is_initialized() -> bool:
   fn = getattr(jax.distributed, 'is_initialized', None)
   if fn is not None:

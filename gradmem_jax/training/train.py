@@ -546,7 +546,9 @@ def _jsonable(d: Any) -> Any:
 def results_table(r: dict) -> str:
   b, f = r['best'], r['final']
   rows = [
-      ('method', r['method']), ('n_pairs', r['n_pairs']) if r['n_pairs'] is not None else ('task', r['task']), ('K', r['K']),
+      ('method', r['method']),
+      ('n_pairs', r['n_pairs']) if r['n_pairs'] is not None else ('task', r['task']),
+      ('K', r['K']),
       ('grad_mode', r['grad_mode']), ('steps', r['steps']),
       ('wall time', format_duration(r['wall_time_s'])), ('stopped', r['stop_reason']),
       ('best step', r['best_step']),
