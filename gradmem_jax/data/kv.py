@@ -114,7 +114,38 @@ class KVTaskConfig:
     return (self.key_len + 3) + (self.value_len + 2)
 
 
-class KVTask:
+class HostBatches:
+  """Batching shared by the tasks: subclasses provide `train_sample(i)`, `validation_set()` and
+  `collate(samples, batch_size=None)`."""
+
+  def train_batches(self, global_batch: int, start_index: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[tuple[int, dict]]:
+    """Yields (next_start_index, local batch): this host's slice of each global batch."""
+    local = _local_batch(global_batch, process_count)
+    index = start_index
+    while True:
+      lo = index + process_index * local
+      batch = self.collate([self.train_sample(i) for i in range(lo, lo + local)])
+      index += global_batch
+      yield index, batch
+
+  def eval_batches(self, global_batch: int, process_index: int = 0,
+                   process_count: int = 1) -> list[dict]:
+    """The validation set in global batches (the last one padded); this host's slice of each."""
+    local = _local_batch(global_batch, process_count)
+    val = self.validation_set()
+    out = []
+    for start in range(0, len(val), global_batch):
+      chunk = val[start:start + global_batch]
+      mine = chunk[process_index * local:(process_index + 1) * local]
+      batch = self.collate(mine or chunk[:1], batch_size=local)
+      if not mine:  # this host has no real sample in the last, short batch: nothing is scored
+        batch['target_mask'][:] = 0
+      out.append(batch)
+    return out
+
+
+class KVTask(HostBatches):
   """Generator, tokenizer and batching for KV retrieval."""
 
   def __init__(self, cfg: KVTaskConfig):
@@ -193,32 +224,6 @@ class KVTask:
     """Right-pads samples into a batch; pads with empty samples (target_mask 0) up to batch_size."""
     return collate(samples, self.pad_id, batch_size=batch_size,
                    context_len=self.cfg.context_len, qa_len=self.cfg.qa_len)
-
-  def train_batches(self, global_batch: int, start_index: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[tuple[int, dict]]:
-    """Yields (next_start_index, local batch): this host's slice of each global batch."""
-    local = _local_batch(global_batch, process_count)
-    index = start_index
-    while True:
-      lo = index + process_index * local
-      batch = self.collate([self.train_sample(i) for i in range(lo, lo + local)])
-      index += global_batch
-      yield index, batch
-
-  def eval_batches(self, global_batch: int, process_index: int = 0,
-                   process_count: int = 1) -> list[dict]:
-    """The validation set in global batches (the last one padded); this host's slice of each."""
-    local = _local_batch(global_batch, process_count)
-    val = self.validation_set()
-    out = []
-    for start in range(0, len(val), global_batch):
-      chunk = val[start:start + global_batch]
-      mine = chunk[process_index * local:(process_index + 1) * local]
-      batch = self.collate(mine or chunk[:1], batch_size=local)
-      if not mine:  # this host has no real sample in the last, short batch: nothing is scored
-        batch['target_mask'][:] = 0
-      out.append(batch)
-    return out
 
   def render(self, sample_or_ids) -> str:
     t = self.tokenizer

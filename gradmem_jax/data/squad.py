@@ -25,11 +25,11 @@ import json
 import os
 import re
 import string
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from gradmem_jax.data.kv import _local_batch, collate
+from gradmem_jax.data.kv import HostBatches, collate
 from gradmem_jax.data.text import make_tokenizer
 
 CONTEXT_MODES = ('sentence', 'paragraph')
@@ -215,7 +215,7 @@ def _round_up(n: int, k: int = 8) -> int:
   return -(-n // k) * k
 
 
-class SquadTask:
+class SquadTask(HostBatches):
   """Short-SQuAD samples, split by article, with the same batching interface as KVTask."""
 
   def __init__(self, cfg: SquadTaskConfig):
@@ -325,29 +325,6 @@ class SquadTask:
     c = self._bucket(max(len(s.context) for s in samples), self.context_len)
     q = self.qa_len  # one query length: a bucket per (context, query) pair would multiply compiles
     return collate(samples, self.pad_id, batch_size=batch_size, context_len=c, qa_len=q)
-
-  def train_batches(self, global_batch: int, start_index: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[tuple[int, dict]]:
-    local = _local_batch(global_batch, process_count)
-    index = start_index
-    while True:
-      lo = index + process_index * local
-      batch = self.collate([self.train_sample(i) for i in range(lo, lo + local)])
-      index += global_batch
-      yield index, batch
-
-  def eval_batches(self, global_batch: int, process_index: int = 0,
-                   process_count: int = 1) -> list[dict]:
-    local = _local_batch(global_batch, process_count)
-    out = []
-    for start in range(0, len(self._val), global_batch):
-      chunk = self._val[start:start + global_batch]
-      mine = chunk[process_index * local:(process_index + 1) * local] or chunk[:1]
-      batch = self.collate(mine, batch_size=local)
-      if not chunk[process_index * local:(process_index + 1) * local]:
-        batch['target_mask'][:] = 0  # this host has no real sample in the last batch
-      out.append(batch)
-    return out
 
   def render(self, sample_or_ids) -> str:
     t = self.tokenizer

@@ -44,13 +44,19 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
     self.workdir = workdir
+    # Two managers save asynchronously side by side (often at the same step); across processes
+    # their finalize barriers must not share names, or one manager's barrier on one host can pair
+    # with the other's on another host and hang (seen as a shutdown-barrier timeout with 2 processes).
+    mp = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
     self.latest = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'checkpoints')),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True,
+                                             multiprocessing_options=mp('gradmem_latest')),
         item_names=('state', 'meta'))
     self.best = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'best')),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                             multiprocessing_options=mp('gradmem_best')),
         item_names=('params', 'meta'))
 
   def latest_step(self) -> Optional[int]:
