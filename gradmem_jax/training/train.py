@@ -370,10 +370,6 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.replace(tmp, path)
 
 
-def _shape_only(tree):
-  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-
-
 def _host(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(x), mesh_lib.to_host(tree))
 
@@ -407,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         exp, jax.random.PRNGKey(cfg.seed))
     if pretrained is not None:
       pretrained = jax.tree_util.tree_map(
-          lambda x, a: np.asarray(x, a.dtype), pretrained, _shape_only(abstract['params']))
+          lambda x, a: np.asarray(x, a.dtype), pretrained, abstract['params'])
       state = dict(state, params=jax.device_put(pretrained, shardings['params']))
       if is_main:
         print(f'initialised the backbone from {cfg.model.hf_checkpoint}', flush=True)
