@@ -18,7 +18,6 @@ with the CPU rows' FLOPs for the same configuration.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,6 +28,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from absl import app, flags  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,41 +206,44 @@ def run_one(args):
 # Driver: one fresh process per configuration.
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument('--Ks', default='1,2,5')
-  p.add_argument('--modes', default='second,first')
-  p.add_argument('--n_pairs', type=int, default=16)
-  p.add_argument('--batch', type=int, default=64)
-  p.add_argument('--steps', type=int, default=5)
-  p.add_argument('--remat', default='none', help='comma list of inner-step remat policies')
-  p.add_argument('--impl', default='batched', help='comma list: batched, vmap')
-  p.add_argument('--micro_batch', type=int, default=-1, help='-1: 8 on CPU, none on GPU')
-  p.add_argument('--infer', default='true', help='also time WRITE+READ inference')
-  p.add_argument('--train', default='true')
-  p.add_argument('--matmul_precision', default='highest',
-                 help="jax_default_matmul_precision ('highest' = true fp32 on GPUs; '' = default)")
-  p.add_argument('--max_idle_wait', type=float, default=120.0)
-  p.add_argument('--out', default='', help='also append the JSON lines to this file')
-  # internal: a single configuration
-  p.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
-  p.add_argument('--name', default='train', help=argparse.SUPPRESS)
-  p.add_argument('--K', type=int, default=2, help=argparse.SUPPRESS)
-  p.add_argument('--mode', default='second', help=argparse.SUPPRESS)
-  args = p.parse_args()
+FLAGS = flags.FLAGS
+flags.DEFINE_string('Ks', '1,2,5', 'comma list of WRITE steps K')
+flags.DEFINE_string('modes', 'second,first', 'comma list of gradient modes')
+flags.DEFINE_integer('n_pairs', 16, 'key-value pairs per context')
+flags.DEFINE_integer('batch', 64, 'batch size')
+flags.DEFINE_integer('steps', 5, 'timed steps (clean of other load)')
+flags.DEFINE_string('remat', 'none', 'comma list of inner-step remat policies')
+flags.DEFINE_string('impl', 'batched', 'comma list: batched, vmap')
+flags.DEFINE_integer('micro_batch', -1, '-1: 8 on CPU, none on GPU')
+flags.DEFINE_bool('infer', True, 'also time WRITE+READ inference')
+flags.DEFINE_bool('train', True, 'time training steps')
+flags.DEFINE_string('matmul_precision', 'highest',
+                    "jax_default_matmul_precision ('highest' = true fp32 on GPUs; '' = default)")
+flags.DEFINE_float('max_idle_wait', 120.0, 'seconds to wait for an idle machine')
+flags.DEFINE_string('out', '', 'also append the JSON lines to this file')
+# internal: a single configuration
+flags.DEFINE_bool('one', False, 'run one configuration in this process (internal)')
+flags.DEFINE_string('name', 'train', 'train | infer (internal)')
+flags.DEFINE_integer('K', 2, 'WRITE steps (internal)')
+flags.DEFINE_string('mode', 'second', 'gradient mode (internal)')
+
+
+def main(argv):
+  del argv
+  args = FLAGS
   if args.one:
     run_one(args)
     return
   configs = []
   ks = [int(k) for k in args.Ks.split(',') if k]
-  if args.train.lower() == 'true':
+  if args.train:
     for impl in args.impl.split(','):
       for remat in args.remat.split(','):
         for mode in args.modes.split(','):
           for k in ks:
             configs.append(['--name=train', f'--K={k}', f'--mode={mode}', f'--remat={remat}',
                             f'--impl={impl}'])
-  if args.infer.lower() == 'true':
+  if args.infer:
     for k in ks:
       configs.append(['--name=infer', f'--K={k}', '--mode=second', '--remat=none',
                       '--impl=batched'])
@@ -262,4 +266,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

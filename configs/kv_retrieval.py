@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
 from gradmem_jax import config_lib
+from gradmem_jax.memory import MemoryConfig
 
 ALIASES = {
     'n_pairs': 'data.n_pairs',
@@ -34,66 +36,23 @@ ALIASES = {
 }
 
 PAPER_N = (4, 8, 16, 32, 64, 96)
+# experiments.compare's default entries: GradMem, RMT x1 with the same memory, full context.
+COMPARE = ('gradmem', 'rmt:K=1', 'full_context')
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """The CPU preset (the default). Model and memory fields start from the library's defaults
+  (LlamaConfig, MemoryConfig: the paper's KV model and WRITE settings, see WORKSPACE.md's config
+  reference); the lines below state what the CPU preset changes."""
   c = ml_collections.ConfigDict()
   c.seed = 0                        # parameter init and dropout; data seeds are in config.data
+  # A 2-layer, 64-wide Llama that learns 2 pairs in minutes on 2 cores; vocab from the task.
+  c.model = common.model_section('llama', vocab_size=0, hidden_size=64, intermediate_size=256,
+                                 num_layers=2)
+  # The paper uses inner_lr 0.04 (the default); 1.0 trains the small CPU model faster.
+  c.memory = config_lib.section(MemoryConfig, inner_lr=1.0)
 
-  c.model = ml_collections.ConfigDict()
-  c.model.kind = 'llama'            # llama | gpt2
-  c.model.vocab_size = 0            # 0: from the task (70 for 62 symbols, 520 for 512)
-  c.model.hidden_size = 64          # d
-  c.model.intermediate_size = 256   # SwiGLU width
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 4          # < num_heads: grouped-query attention
-  c.model.rms_eps = 1e-5
-  c.model.rope_theta = 10000.0      # the authors' runs: 5e5 with Llama-3 scaling (preset paper_rope)
-  c.model.rope_scaling = ml_collections.ConfigDict()  # empty: none; else llama3 keys
-  c.model.tie_embeddings = True
-  c.model.max_positions = 8192
-  c.model.init_std = 0.02
-  c.model.dtype = 'float32'         # compute dtype: float32 | bfloat16
-  c.model.param_dtype = 'float32'
-  c.model.remat = 'none'            # per-block remat policy: none | full | dots | dots_no_batch
-
-  c.memory = ml_collections.ConfigDict()
-  c.memory.method = 'gradmem'       # gradmem | rmt | full_context
-  c.memory.num_memory = 8           # m memory vectors
-  c.memory.K = 2                    # WRITE steps (RMT: context passes)
-  c.memory.inner_lr = 1.0           # alpha; the paper uses 0.04 for KV
-  c.memory.inner_optimizer = 'sgd'  # sgd | adam (differentiated through)
-  c.memory.adam_b1 = 0.9
-  c.memory.adam_b2 = 0.999
-  c.memory.adam_eps = 1e-8          # inside the square root
-  c.memory.clip_value = 0.0         # element-wise inner-gradient clip (0: off)
-  c.memory.clip_norm = 0.0          # per-sample inner-gradient norm clip (0: off)
-  c.memory.grad_mode = 'second'     # second | first | none
-  c.memory.last_k_second_order = -1  # only the last L steps second order (-1: all)
-  c.memory.mem_proj = 'none'        # none | proj | per_sample
-  c.memory.write_head = True        # untied copy of the output embedding, used only in WRITE
-  c.memory.num_ctrl = 0             # control tokens per slot
-  c.memory.learn_inner_lr = 'none'  # none | scalar | per_step
-  c.memory.inner_loss_weight = 0.5  # lambda: WRITE loss at the last inner step in the outer loss
-  c.memory.init_std = 0.02          # std of M0 and control tokens
-  c.memory.inner_impl = 'batched'   # batched (sum of per-sample losses) | vmap
-  c.memory.inner_remat = 'none'     # remat policy of one inner step
-  c.memory.unroll_inner = True      # unroll the K-step scan (faster training)
-  c.memory.rmt_update = 'replace'   # RMT xK: replace | residual
-
-  c.data = ml_collections.ConfigDict()
-  c.data.task = 'kv'
-  c.data.n_pairs = 2                # N key-value pairs per context
-  c.data.key_len = 2
-  c.data.value_len = 2
-  c.data.alphabet_size = 62         # 62 | 512
-  c.data.n_segments = 1             # pair groups separated by random filler
-  c.data.filler_len = 0             # filler symbols between groups
-  c.data.seed = 0                   # training stream
-  c.data.val_seed = 1_000_003       # validation set (disjoint from training)
-  c.data.n_val = 1000               # validation samples
-  c.data.train_size = 1_000_000     # samples per epoch
+  c.data = common.task_section('kv')  # KVTaskConfig's defaults: 2 pairs, 1,000 validation samples
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3                 # AdamW peak learning rate
@@ -121,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 250           # validation batch (global)
   c.eval.K = -1                     # WRITE steps at evaluation (-1: memory.K)
+  c.eval.evaluators = ('teacher_forced',)  # + 'generate': greedy answers scored by the task
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                  # data-parallel devices (-1: all)
@@ -164,21 +124,7 @@ def paper_rope(c):
       original_max_position_embeddings=8192))
 
 
-def rmt(c):
-  c.memory.method = 'rmt'
-  c.memory.K = 1
-
-
-def full_context(c):
-  c.memory.method = 'full_context'
-
-
-def first_order(c):
-  c.memory.grad_mode = 'first'
-
-
-PRESETS = {'cpu': cpu, 'tiny': tiny, 'rmt': rmt, 'full_context': full_context,
-           'first_order': first_order, 'paper_rope': paper_rope}
+PRESETS = {'cpu': cpu, 'tiny': tiny, 'paper_rope': paper_rope, **common.METHOD_PRESETS}
 PRESETS.update({f'paper_n{n}': (lambda c, n=n: paper(c, n)) for n in PAPER_N})
 
 

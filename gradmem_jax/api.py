@@ -1,7 +1,8 @@
 """A small notebook-level API: build or load a model, write contexts, answer queries from memory.
 
   from gradmem_jax.api import GradMemModel
-  model = GradMemModel.from_workdir('/tmp/kv_run')          # or GradMemModel.from_config('tiny')
+  model = GradMemModel.from_workdir('/tmp/kv_run')
+  # or a fresh model from a config file spec: GradMemModel.from_config('configs/<task>.py:tiny')
   mem = model.write('!ab:cd!!ef:gh!|')                      # K gradient steps on the memory
   model.answer(mem, ['?!ab:', '?!ef:'])                     # -> ['cd!|', 'gh!|']
   mem.stats['write_loss']                                   # WRITE loss per inner step
@@ -15,12 +16,14 @@ from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from gradmem_jax.data.kv import collate, KVSample
+from gradmem_jax import config_lib
+from gradmem_jax.data import Sample, collate
 from gradmem_jax.training.checkpoint import load_params
 from gradmem_jax.training.evaluate import load_run_config
-from gradmem_jax.training.train import Experiment, abstract_state, build_experiment
+from gradmem_jax.training.experiment import Experiment, abstract_state, build_experiment
 
 
 @dataclasses.dataclass
@@ -45,10 +48,13 @@ class GradMemModel:
     self._read = jax.jit(lambda p, s, qa: method.read_logits(p, s, qa))
 
   @classmethod
-  def from_config(cls, arg: Optional[str] = None, seed: int = 0) -> 'GradMemModel':
-    """A freshly initialised model from configs/kv_retrieval.py presets/overrides."""
-    from configs import kv_retrieval
-    exp = build_experiment(kv_retrieval.get_config(arg))
+  def from_config(cls, config: Union[str, ml_collections.ConfigDict],
+                  seed: int = 0) -> 'GradMemModel':
+    """A freshly initialised model from a config: a ConfigDict, or a config file spec
+    `path/to/config.py[:presets,overrides]`."""
+    if isinstance(config, str):
+      config = config_lib.load_config(config)
+    exp = build_experiment(config)
     return cls(exp, exp.method.init_params(jax.random.PRNGKey(seed)))
 
   @classmethod
@@ -69,10 +75,11 @@ class GradMemModel:
 
   def write(self, contexts: Union[str, Sequence[str]], K: Optional[int] = None) -> Memory:
     """WRITE one context or a list of contexts into memory (K steps; default: the trained K)."""
-    if self.exp.mem_cfg.method == 'full_context':
-      raise ValueError('the full-context baseline has no memory to write')
+    if not self.exp.method.capabilities.memory:
+      raise ValueError(f'memory.method={self.exp.mem_cfg.method!r} keeps the context itself: it '
+                       'has no memory to write')
     contexts = [contexts] if isinstance(contexts, (str, np.ndarray)) else list(contexts)
-    samples = [KVSample(self._ids(c), np.zeros(1, np.int32), np.zeros(0, np.int32))
+    samples = [Sample(self._ids(c), np.zeros(1, np.int32), np.zeros(0, np.int32))
                for c in contexts]
     batch = collate(samples, self.exp.task.pad_id)
     K = self.exp.mem_cfg.K if K is None else int(K)

@@ -8,14 +8,14 @@ with a message naming the key.
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
+import os
+import sys
 from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 
-from gradmem_jax.data import task_config
-from gradmem_jax.memory.config import memory_config_from
-from gradmem_jax.models import backbone_from_config
+from gradmem_jax.registry import dataclass_defaults
 
 _TRUE = ('1', 'true', 'yes', 'on')
 _FALSE = ('0', 'false', 'no', 'off')
@@ -35,7 +35,14 @@ def parse_value(key: str, text: str, current: Any) -> Any:
       return int(text)
     if isinstance(current, float):
       return float(text)
-    if isinstance(current, str) or current is None:
+    if current is None:  # an unset optional field: a number if it reads as one
+      for cast in (int, float):
+        try:
+          return cast(text)
+        except ValueError:
+          pass
+      return text
+    if isinstance(current, str):
       return text
     if isinstance(current, (tuple, list)):
       items = [t for t in text.replace(';', ' ').split() if t]
@@ -73,7 +80,11 @@ def set_override(config: ml_collections.ConfigDict, key: str, text: str,
 def parse_arg(arg: Optional[str], config: ml_collections.ConfigDict,
               presets: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
               aliases: Optional[Mapping[str, str]] = None) -> ml_collections.ConfigDict:
-  """Applies presets (in order) then `key=value` overrides from a `get_config` argument."""
+  """Applies presets (in order) then `key=value` overrides from a `get_config` argument.
+
+  The aliases are kept in the config (`config.aliases`), so tools that reopen a run's
+  config.json (evaluation, sweeps) accept the same short names."""
+  config.aliases = ml_collections.ConfigDict(dict(aliases or {}))
   tokens = [t.strip() for t in (arg or '').split(',') if t.strip()]
   overrides = []
   for t in tokens:
@@ -90,15 +101,60 @@ def parse_arg(arg: Optional[str], config: ml_collections.ConfigDict,
   return config
 
 
+def section(cls, **changes) -> ml_collections.ConfigDict:
+  """A config section holding a dataclass's defaults (the one place they live), with changes."""
+  d = dataclass_defaults(cls)
+  unknown = sorted(set(changes) - set(d))
+  if unknown:
+    raise ValueError(f'{unknown[0]!r} is not a field of {cls.__name__}')
+  d.update(changes)
+  return ml_collections.ConfigDict(d)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:presets,overrides]` -> the config its get_config builds."""
+  return load_config_module(spec).get_config(spec.partition(':')[2] or None)
+
+
+def load_config_module(spec: str):
+  """The config file module of `path[:arg]` (its get_config and ALIASES)."""
+  return load_module_file(spec.partition(':')[0], 'config', 'get_config')
+
+
+def load_module_file(path: str, what: str, entry: str):
+  """Imports a Python file by path (a config or sweep file); it must define `entry`."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{what} file {path} not found')
+  name = f'_{what}_{abs(hash(os.path.abspath(path)))}'
+  if name in sys.modules:  # loaded already in this process: once is enough
+    return sys.modules[name]
+  mod_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(mod_spec)
+  sys.modules[name] = module  # dataclasses (and pickling) look the module up by name
+  try:
+    mod_spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]
+    raise
+  if not hasattr(module, entry):
+    raise ValueError(f'{what} file {path} defines no {entry}(arg)')
+  return module
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every section; raises ValueError naming the offending field."""
+  from gradmem_jax.data import task_config
+  from gradmem_jax.memory import METHODS, memory_config_from
+  from gradmem_jax.models import backbone_from_config, pretrained
   model = dict(config.model)
   if model.get('vocab_size', 0) < 0:
     raise ValueError(f'model.vocab_size must be >= 0 (0: from the task), got {model["vocab_size"]}')
-  if not model.get('vocab_size'):
-    model['vocab_size'] = 1  # resolved from the task later
-  backbone_from_config(model)
-  memory_config_from(config.memory)
+  if not pretrained.source(model):  # else the architecture comes from the checkpoint
+    if not model.get('vocab_size'):
+      model['vocab_size'] = 1  # resolved from the task later
+    backbone_from_config(model)
+  mem = memory_config_from(config.memory)
+  METHODS.get(mem.method).validate_config(mem)
   task_config(config.data)
   o = config.optim
   if o.lr <= 0:

@@ -10,7 +10,6 @@ or TPU-pod queue.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Iterable, Optional, Sequence
+
+from gradmem_jax import config_lib
 
 Point = dict
 
@@ -33,7 +34,7 @@ class Sweep:
 
 
 def grid(**axes: Sequence[Any]) -> list[Point]:
-  """Cartesian product: grid(K=[1, 2], n_pairs=[4, 8]) -> 4 points."""
+  """Cartesian product: grid(K=[1, 2], inner_lr=[0.1, 1.0]) -> 4 points."""
   keys = list(axes)
   return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
 
@@ -53,7 +54,7 @@ def _fmt(v: Any) -> str:
 
 
 def slug(point: Point) -> str:
-  """Directory name of a point: 'K=2,n_pairs=16' (stable key order as written)."""
+  """Directory name of a point: 'K=2,inner_lr=0.1' (stable key order as written)."""
   s = ','.join(f'{k}={_fmt(v)}' for k, v in point.items()) or 'base'
   return s.replace('/', '_').replace(' ', '')
 
@@ -61,13 +62,7 @@ def slug(point: Point) -> str:
 def load_sweep(spec: str) -> Sweep:
   """`path/to/sweep.py[:arg]` -> Sweep."""
   path, _, arg = spec.partition(':')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'sweep file {path} not found')
-  mod_spec = importlib.util.spec_from_file_location(f'_sweep_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'sweep file {path} defines no get_sweep(arg)')
+  module = config_lib.load_module_file(path, 'sweep', 'get_sweep')
   sweep = module.get_sweep(arg or None)
   names = [slug(p) for p in sweep.points]
   dup = {n for n in names if names.count(n) > 1}
@@ -76,33 +71,31 @@ def load_sweep(spec: str) -> Sweep:
   return sweep
 
 
-def load_config_module(config_spec: str):
-  """The config file module of `path[:arg]` (for its get_config and ALIASES)."""
-  path = config_spec.partition(':')[0]
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'config file {path} not found')
-  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def config_arg(config_spec: str, sweep: Sweep, point: Point) -> str:
-  """The --config value of one point: file[:its args],sweep base,point overrides."""
+  """The --config value of one point: file:sweep base,the user's args,point overrides.
+
+  Presets apply before overrides, and later overrides win, so the user's own `key=value`
+  arguments beat the sweep's base (`:tiny,steps=6` trains 6 steps whatever the base says); the
+  point's own values come last."""
   path, _, arg = config_spec.partition(':')
-  parts = [p for p in (arg, sweep.base) if p]
+  parts = [p for p in (sweep.base, arg) if p]
   parts += [f'{k}={_fmt(v)}' for k, v in point.items()]
   return path + (':' + ','.join(parts) if parts else '')
 
 
+# The generic training entry point: it trains whatever task and method the config names.
+TRAIN_MODULE = 'experiments.train'
+
+
 def point_command(config_spec: str, sweep: Sweep, point: Point, sweep_dir: str,
-                  module: str = 'experiments.kv_retrieval', python: str = 'python') -> list[str]:
+                  module: str = TRAIN_MODULE, python: str = 'python') -> list[str]:
   return [python, '-m', module, f'--config={config_arg(config_spec, sweep, point)}',
           f'--workdir={os.path.join(sweep_dir, slug(point))}']
 
 
-def validate_points(config_spec: str, sweep: Sweep, get_config) -> None:
+def validate_points(config_spec: str, sweep: Sweep) -> None:
   """Builds every point's config up front: a bad override fails before anything runs."""
+  get_config = config_lib.load_config_module(config_spec).get_config
   for p in sweep.points:
     arg = config_arg(config_spec, sweep, p).partition(':')[2]
     try:
@@ -127,7 +120,7 @@ def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
 
 
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
-              module: str = 'experiments.kv_retrieval', log=print,
+              module: str = TRAIN_MODULE, log=print,
               cwd: Optional[str] = None) -> list[dict]:
   """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts."""
   write_manifest(sweep_dir, config_spec, sweep)
@@ -167,6 +160,23 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
       log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
           if em is not None else f'  {slug(p)}: done')
   return status
+
+
+def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) -> None:
+  """k_extrapolation.json (one row per K_eval) for every finished point whose method evaluates
+  with another K than it trained with; points that have one are skipped."""
+  from gradmem_jax.training import evaluate
+  for p in sweep.points:
+    wd = os.path.join(sweep_dir, slug(p))
+    out = os.path.join(wd, 'k_extrapolation.json')
+    if not is_finished(wd) or os.path.exists(out):
+      continue
+    rows = evaluate.evaluate_run(wd, ks)
+    if len(rows) > 1 or len(ks) == 1:
+      with open(out + '.tmp', 'w') as f:
+        json.dump(rows, f, indent=2)
+      os.replace(out + '.tmp', out)
+      log(f'  {slug(p)}: evaluated with K_eval={list(ks)}')
 
 
 def collect(sweep_dir: str) -> list[dict]:

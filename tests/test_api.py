@@ -1,6 +1,8 @@
 """The notebook API: write a context once, answer several queries from the memory."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -8,9 +10,11 @@ from configs import kv_retrieval
 from gradmem_jax.api import GradMemModel
 from gradmem_jax.training import train_and_evaluate
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_write_once_answer_many():
-  model = GradMemModel.from_config('tiny,K=2')
+  model = GradMemModel.from_config(f'{ROOT}/configs/kv_retrieval.py:tiny,K=2')
   mem = model.write(['!ab:cd!!ef:gh!|', '!xy:zw!!Pq:R0!|'])
   assert mem.state['memory'].shape == (2, 2, 16)
   assert mem.stats['write_loss'].shape == (2, 2)
@@ -25,7 +29,7 @@ def test_write_once_answer_many():
 
 
 def test_bad_input_errors():
-  model = GradMemModel.from_config('tiny')
+  model = GradMemModel.from_config(f'{ROOT}/configs/kv_retrieval.py:tiny')
   with pytest.raises(ValueError, match="character '#'"):
     model.write('!a#:cd!|')
   with pytest.raises(ValueError, match='outside the model vocabulary'):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradmem_jax.data.kv import CharTokenizer, KVTask, KVTaskConfig, bucket_length, collate
+from gradmem_jax.data import collate
+from gradmem_jax.data.kv import CharTokenizer, KVTask, KVTaskConfig
 
 
 def test_tokenizer_ids_match_spec():
@@ -123,9 +124,6 @@ def test_collate_never_truncates():
   s = task.train_sample(0)
   with pytest.raises(ValueError, match='exceeds the bucket length'):
     collate([s], 0, context_len=5)
-  assert bucket_length(100, (64, 128, 256)) == 128
-  with pytest.raises(ValueError, match='exceeds the largest bucket'):
-    bucket_length(300, (64, 128, 256))
   b = collate([s], 0, context_len=20)
   assert b['context'].shape == (1, 20) and b['context_mask'].sum() == len(s.context)
 

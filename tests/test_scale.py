@@ -17,7 +17,7 @@ import pytest
 from configs import kv_retrieval
 from gradmem_jax.training import build_experiment, init_state, make_train_step
 from gradmem_jax.training.checkpoint import load_params
-from gradmem_jax.training.train import abstract_state
+from gradmem_jax.training import abstract_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARG = 'tiny,max_steps=4,train.checkpoint_every=2,train.eval_every=2'

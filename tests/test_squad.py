@@ -86,6 +86,47 @@ def test_official_normalisation_em_and_f1():
   assert f1_score('', []) == 1.0 and f1_score('x', []) == 0.0
 
 
+# Hand-computed from the official definition (SQuAD v1.1 evaluate script): normalise (lower case,
+# drop punctuation, drop the articles a/an/the, collapse white space), EM = the normalised strings
+# are equal, F1 = the harmonic mean of token precision and recall over the multiset of common
+# tokens; both the maximum over the gold answers.
+HAND_SCORED = [
+    # prediction, gold answers, EM, F1, how F1 was worked out
+    ('The Eiffel Tower', ['Eiffel Tower'], 1.0, 1.0, 'article dropped: same tokens'),
+    ('an apple', ['the apple.'], 1.0, 1.0, 'articles and punctuation dropped: "apple" both'),
+    ('  Denver   BRONCOS!! ', ['Denver Broncos'], 1.0, 1.0, 'case, punctuation, white space'),
+    ("Saint-Denis's", ['saintdeniss'], 1.0, 1.0, 'punctuation removed inside words, no space'),
+    ('Denver Broncos won', ['Denver Broncos'], 0.0, 0.8, 'P=2/3 R=2/2 -> 2*(2/3)/(5/3) = 4/5'),
+    ('in 1900 in Paris', ['Paris, France'], 0.0, 1 / 3, 'common {paris}: P=1/4 R=1/2 -> 1/3'),
+    ('Paris', ['the city of Paris'], 0.0, 0.5, 'gold city|of|paris: P=1 R=1/3 -> 1/2'),
+    ('the the cat cat', ['a cat'], 0.0, 2 / 3, 'pred cat|cat, gold cat: P=1/2 R=1 -> 2/3'),
+    ('cat cat dog', ['cat dog dog'], 0.0, 2 / 3, 'multiset: common {cat:1, dog:1}: P=R=2/3'),
+    ('cat cat', ['cat cat dog'], 0.0, 0.8,
+     'multiset: common {cat:2}: P=2/2 R=2/3 -> 4/5 (an overlap of sets would give 2/5)'),
+    ('blue whale', ['red fox'], 0.0, 0.0, 'no common token'),
+    ('the', ['Paris'], 0.0, 0.0, 'prediction empty after normalisation'),
+    ('Lima, Peru', ['Peru', 'Lima', 'the Lima of Peru'], 0.0, 0.8,
+     'best gold is the third, lima|of|peru: P=2/2 R=2/3 -> 4/5 (the others: P=1/2 R=1 -> 2/3)'),
+    ('Northern Italy', ['Italy', 'northern italy!', 'north'], 1.0, 1.0, 'the second gold matches'),
+    ('four', ['4', 'four'], 1.0, 1.0, 'no number normalisation: only "four" matches'),
+]
+
+
+@pytest.mark.parametrize('pred, golds, em, f1, why', HAND_SCORED, ids=[c[4] for c in HAND_SCORED])
+def test_em_and_f1_on_hand_scored_predictions(pred, golds, em, f1, why):
+  assert exact_match(pred, golds) == em
+  np.testing.assert_allclose(f1_score(pred, golds), f1, rtol=1e-12, atol=0)
+
+
+def test_em_and_f1_averages_on_a_small_prediction_set():
+  # Mean over questions as the official script reports them (x100).
+  cases = [c[:2] for c in HAND_SCORED]
+  em = 100 * np.mean([exact_match(p, g) for p, g in cases])
+  f1 = 100 * np.mean([f1_score(p, g) for p, g in cases])
+  np.testing.assert_allclose(em, 100 * 6 / 15)
+  np.testing.assert_allclose(f1, 100 * (6 + 0.8 + 1 / 3 + 0.5 + 2 / 3 + 2 / 3 + 0.8 + 0.8) / 15)
+
+
 # ------------------------------------------------------------------------------------------------
 # Reading and cutting.
 
@@ -139,6 +180,64 @@ def test_missing_and_non_json_files(tmp_path):
   (tmp_path / 'bad.json').write_text('{not json')
   with pytest.raises(ValueError, match='not readable as'):
     load_squad(str(tmp_path / 'bad.json'))
+
+
+def _damaged_file(tmp_path, kind):
+  """A SQuAD file damaged as a researcher meets it; returns (path, words the error must hold)."""
+  good = tmp_path / 'good.json.gz'
+  write_fixture(good, gz=True)
+  raw = good.read_bytes()
+  plain = gzip.decompress(raw)
+  cases = {
+      'truncated_gz': ('s.json.gz', raw[:len(raw) // 2], 'gzip stream is truncated'),
+      'gz_cut_after_header': ('s.json.gz', raw[:12], 'truncated'),
+      'gz_crc_garbled': ('s.json.gz', raw[:-8] + bytes(b ^ 0xFF for b in raw[-8:-4]) + raw[-4:],
+                         'corrupt gzip data'),
+      'gz_body_garbled': ('s.json.gz', raw[:20] + bytes(b ^ 0x5A for b in raw[20:60]) + raw[60:],
+                          'corrupt gzip data'),
+      'not_gzip_named_gz': ('s.json.gz', plain, 'not gzip-compressed'),
+      'empty_gz': ('s.json.gz', b'', 'empty'),
+      'empty_json': ('s.json', b'', 'empty'),
+      'white_space_only': ('s.json', b'  \n\n', 'white space'),
+      'gzip_of_nothing': ('s.json.gz', gzip.compress(b''), 'white space'),
+      'truncated_json': ('s.json', plain[:len(plain) // 2], 'truncated?'),
+      'invalid_json': ('s.json', b'{"data": [}', 'invalid JSON at line 1 column 11'),
+      'not_utf8': ('s.json', b'{"data": "\xff\xfe"}', 'not UTF-8'),
+      'html_error_page': ('s.json', b'<html><body>404 Not Found</body></html>', 'invalid JSON'),
+      'json_list': ('s.json', b'[1, 2, 3]', 'got a JSON array'),
+      'json_string': ('s.json', b'"data"', 'got a JSON string'),
+      'json_null': ('s.json', b'null', 'got JSON null'),
+      'no_data_key': ('s.json', b'{"version": "1.1"}', 'without a "data" list'),
+      'data_not_a_list': ('s.json', b'{"data": {"title": "x"}}', '"data" is a JSON object'),
+      'data_empty': ('s.json', b'{"data": []}', 'holds no questions'),
+      'article_not_an_object': ('s.json', b'{"data": [[1]]}', "data[0]: missing field 'title'"),
+  }
+  name, content, words = cases[kind]
+  path = tmp_path / name
+  path.write_bytes(content)
+  return str(path), words
+
+
+@pytest.mark.parametrize('kind', [
+    'truncated_gz', 'gz_cut_after_header', 'gz_crc_garbled', 'gz_body_garbled',
+    'not_gzip_named_gz', 'empty_gz', 'empty_json', 'white_space_only', 'gzip_of_nothing',
+    'truncated_json', 'invalid_json', 'not_utf8', 'html_error_page', 'json_list', 'json_string',
+    'json_null', 'no_data_key', 'data_not_a_list', 'data_empty', 'article_not_an_object'])
+def test_damaged_data_files_raise_value_error_naming_path_and_expectation(tmp_path, kind):
+  path, words = _damaged_file(tmp_path, kind)
+  with pytest.raises(ValueError) as info:
+    load_squad(path)
+  msg = str(info.value)
+  assert path in msg and words in msg, msg
+  if kind not in ('data_empty', 'article_not_an_object'):
+    assert 'SQuAD' in msg  # what was expected
+
+
+def test_gzip_content_is_read_whatever_the_name(tmp_path):
+  good = write_fixture(tmp_path / 'a.json')
+  packed = tmp_path / 'b.json'
+  packed.write_bytes(gzip.compress(open(good, 'rb').read()))
+  assert load_squad(str(packed)) == load_squad(good)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,8 +329,8 @@ def test_bad_task_config(squad_file, field, value, match):
 def test_config_rejects_unknown_keys(squad_file):
   with pytest.raises(ValueError, match='data.n_pairs is not a squad task option'):
     build_task({'task': 'squad', 'path': squad_file, 'n_pairs': 4})
-  with pytest.raises(ValueError, match="data.task='babi' is not known"):
-    build_task({'task': 'babi'})
+  with pytest.raises(ValueError, match="data.task='nope' is not a known task"):
+    build_task({'task': 'nope'})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,7 +396,8 @@ def test_runner_trains_on_squad_and_generates_answers(tmp_path, squad_file):
   assert results['task'] == 'squad' and results['steps'] == 4
   assert np.isfinite(results['final']['target_loss'])
   from gradmem_jax.training import evaluate
-  rows = evaluate.evaluate_run(str(tmp_path / 'run'), [0, 1], generate=True,
+  rows = evaluate.evaluate_run(str(tmp_path / 'run'), [0, 1],
+                               evaluators=['teacher_forced', 'generate'],
                                predictions_dir=str(tmp_path / 'preds'))
   assert [r['K_eval'] for r in rows] == [0, 1] and all(0 <= r['gen_f1'] <= 1 for r in rows)
   lines = (tmp_path / 'preds' / 'predictions_K1.jsonl').read_text().splitlines()

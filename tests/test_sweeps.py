@@ -27,7 +27,7 @@ def two_point_sweep(tmp_path):
   path.write_text(
       'from gradmem_jax.sweeps import Sweep, grid\n'
       'def get_sweep(arg=None):\n'
-      '  return Sweep("two", grid(K=[1, 2]), base="tiny,max_steps=2", figures=("em_vs_k",))\n')
+      '  return Sweep("two", grid(K=[1, 2]), base="tiny,max_steps=2", figures=("em_vs:K",))\n')
   return str(path)
 
 
@@ -40,7 +40,7 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   for slug in ('K=1', 'K=2'):
     r = json.load(open(sd / slug / 'results.json'))
     assert r['K'] == int(slug[-1]) and r['steps'] == 2
-  assert (sd / 'report.md').exists() and (sd / 'em_vs_k.png').stat().st_size > 0
+  assert (sd / 'report.md').exists() and (sd / 'em_vs_K.png').stat().st_size > 0
   second = _run(args)
   assert second.count('finished, skipped') == 2 and ': running' not in second
 
@@ -49,7 +49,7 @@ def test_dry_run_prints_one_command_per_point(tmp_path):
   out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
               f'--sweep={ROOT}/configs/sweeps/n_pairs.py:paper', f'--sweep_dir={tmp_path}',
               '--dry_run'])
-  cmds = [l for l in out.splitlines() if 'experiments.kv_retrieval' in l]
+  cmds = [l for l in out.splitlines() if 'experiments.train' in l]
   assert len(cmds) == 48 == len(sweeps.load_sweep(f'{ROOT}/configs/sweeps/n_pairs.py:paper').points)
   assert len(set(cmds)) == 48
   assert all('--workdir=' in c and 'paper_n16' in c for c in cmds)
@@ -59,10 +59,9 @@ def test_dry_run_prints_one_command_per_point(tmp_path):
 @pytest.mark.parametrize('name', ['k_steps', 'n_pairs', 'inner_lr', 'grad_mode', 'memory_size'])
 @pytest.mark.parametrize('variant', ['cpu', 'paper'])
 def test_shipped_sweeps_build_valid_configs(name, variant):
-  from configs import kv_retrieval
   sweep = sweeps.load_sweep(f'{ROOT}/configs/sweeps/{name}.py:{variant}')
   assert sweep.points
-  sweeps.validate_points('configs/kv_retrieval.py', sweep, kv_retrieval.get_config)
+  sweeps.validate_points(f'{ROOT}/configs/kv_retrieval.py', sweep)
 
 
 def test_bad_sweep_point_fails_before_running(tmp_path):
@@ -78,8 +77,11 @@ def test_bad_sweep_point_fails_before_running(tmp_path):
 
 def _fake_run(d, slug, overrides, em, token_acc, **fields):
   os.makedirs(d / slug)
-  r = {'method': 'gradmem', 'n_pairs': 4, 'K': 1, 'grad_mode': 'second', 'num_memory': 8,
-       'inner_lr': 1.0, 'inner_optimizer': 'sgd', 'memory_floats': 512, 'steps': 100,
+  r = {'task': 'kv', 'n_pairs': 4, 'method': 'gradmem', 'K': 1, 'grad_mode': 'second',
+       'num_memory': 8, 'inner_lr': 1.0, 'inner_optimizer': 'sgd',
+       'identity_fields': ['task', 'n_pairs', 'method', 'K', 'grad_mode', 'num_memory',
+                           'inner_lr', 'inner_optimizer'],
+       'memory_floats': 512, 'steps': 100,
        'wall_time_s': 60.0, 'best': {'em': em, 'token_acc': token_acc, 'target_loss': 0.1},
        'final': {'em': em}}
   r.update(fields)
@@ -97,7 +99,7 @@ def test_report_means_stds_and_figure(tmp_path):
                  'overrides': _fake_run(tmp_path, 'K=2,seed=0', {'K': 2, 'seed': 0}, 1.0, 1.0, K=2)})
   json.dump({'name': 'fake', 'points': points}, open(tmp_path / 'sweep.json', 'w'))
   runs = sweeps.collect(str(tmp_path))
-  out = report.make_report(runs, str(tmp_path / 'out'), figures=('em_vs_k', 'em_by_method'),
+  out = report.make_report(runs, str(tmp_path / 'out'), figures=('em_vs:K', 'em_by_method'),
                            title='fake')
   rows = {r['K']: r for r in out['rows']}
   assert rows[1]['seeds'] == 3
@@ -106,7 +108,7 @@ def test_report_means_stds_and_figure(tmp_path):
   np.testing.assert_allclose(rows[1]['token_acc_mean'], np.mean([0.7, 0.9, 0.95]))
   assert rows[2]['seeds'] == 1 and rows[2]['em_mean'] == 1.0
   assert '| 1 | 3 | 70.00 | 16.33 |' in out['table']
-  for name in ('em_vs_k.png', 'em_by_method.png'):
+  for name in ('em_vs_K.png', 'em_by_method.png'):
     png = tmp_path / 'out' / name
     assert png.exists() and png.stat().st_size > 1000
   with pytest.raises(ValueError, match='unknown figure kind'):

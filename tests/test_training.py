@@ -15,7 +15,7 @@ import pytest
 from configs import kv_retrieval
 from gradmem_jax.training import build_experiment, train_and_evaluate
 from gradmem_jax.training.checkpoint import load_params
-from gradmem_jax.training.train import abstract_state
+from gradmem_jax.training import abstract_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

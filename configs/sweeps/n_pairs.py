@@ -8,11 +8,11 @@ def get_sweep(arg=None):
     pts = concat(grid(n_pairs=[2, 4], method=['gradmem'], K=[1, 2]),
                  grid(n_pairs=[2, 4], method=['rmt'], K=[1]))
     return Sweep('n_pairs_cpu', pts, base='max_steps=2000,train.eval_every=500',
-                 description='N sweep on the CPU preset', figures=('em_vs_n',))
+                 description='N sweep on the CPU preset', figures=('em_vs:n_pairs',))
   if variant == 'paper':
     pts = concat(grid(n_pairs=[4, 8, 16, 32], method=['gradmem'], K=[1, 2, 5]),
                  grid(n_pairs=[4, 8, 16, 32], method=['rmt'], K=[1]))
     # paper_n16 sets the model and recipe; n_pairs then overrides N.
     return Sweep('n_pairs_paper', with_seeds(pts, [0, 1, 2]), base='paper_n16',
-                 description='N sweep, paper KV model', figures=('em_vs_n',))
+                 description='N sweep, paper KV model', figures=('em_vs:n_pairs',))
   raise ValueError(f'unknown variant {variant!r}; allowed: cpu, paper')

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Iterator, Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
+
+from gradmem_jax.data.base import TASKS, HostBatches, collate, exact_text_match
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<pad>', '<bos>', '<eos>', '<unk>')
@@ -78,15 +80,15 @@ class KVSample:
 
 @dataclasses.dataclass(frozen=True)
 class KVTaskConfig:
-  n_pairs: int = 2
-  key_len: int = 2
-  value_len: int = 2
-  alphabet_size: int = 62
+  n_pairs: int = 2             # N key-value pairs per context
+  key_len: int = 2             # symbols per key
+  value_len: int = 2           # symbols per value
+  alphabet_size: int = 62      # 62 (a-z A-Z 0-9) | 512
   n_segments: int = 1          # pairs split into this many groups ...
   filler_len: int = 0          # ... with this many random symbols between groups ("noise")
   seed: int = 0                # training stream
   val_seed: int = 1_000_003    # validation set (disjoint from training by construction)
-  n_val: int = 1000
+  n_val: int = 1000            # validation samples
   train_size: int = 1_000_000  # samples per epoch (the stream repeats, reshuffled, after this)
 
   def validate(self) -> None:
@@ -114,48 +116,15 @@ class KVTaskConfig:
     return (self.key_len + 3) + (self.value_len + 2)
 
 
-class HostBatches:
-  """Batching shared by the tasks: subclasses provide `train_sample(i)`, `validation_set()` and
-  `collate(samples, batch_size=None)`."""
-
-  def train_batches(self, global_batch: int, start_index: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[tuple[int, dict]]:
-    """Yields (next_start_index, local batch): this host's slice of each global batch."""
-    local = _local_batch(global_batch, process_count)
-    index = start_index
-    while True:
-      lo = index + process_index * local
-      batch = self.collate([self.train_sample(i) for i in range(lo, lo + local)])
-      index += global_batch
-      yield index, batch
-
-  def eval_batches(self, global_batch: int, process_index: int = 0,
-                   process_count: int = 1) -> list[dict]:
-    """The validation set in global batches (the last one padded); this host's slice of each."""
-    local = _local_batch(global_batch, process_count)
-    val = self.validation_set()
-    out = []
-    for start in range(0, len(val), global_batch):
-      chunk = val[start:start + global_batch]
-      mine = chunk[process_index * local:(process_index + 1) * local]
-      batch = self.collate(mine or chunk[:1], batch_size=local)
-      if not mine:  # this host has no real sample in the last, short batch: nothing is scored
-        batch['target_mask'][:] = 0
-      out.append(batch)
-    return out
-
-
+@TASKS.register('kv')
 class KVTask(HostBatches):
   """Generator, tokenizer and batching for KV retrieval."""
+  config_cls: ClassVar[type] = KVTaskConfig
 
   def __init__(self, cfg: KVTaskConfig):
-    cfg.validate()
-    self.cfg = cfg
-    self.tokenizer = CharTokenizer(cfg.alphabet_size)
+    super().__init__(cfg, CharTokenizer(cfg.alphabet_size))
     t = self.tokenizer
     self.bang, self.qmark, self.colon, self.bar = (t.token_id(c) for c in PUNCT)
-    self.vocab_size = t.vocab_size
-    self.pad_id = PAD
     self.ignore_ids = (self.bang, self.bar)  # EM/accuracy score the value characters only
     self.stop_ids = (self.bar,)
     self._val: Optional[list[KVSample]] = None
@@ -165,6 +134,20 @@ class KVTask(HostBatches):
     self.max_new_tokens = cfg.value_len + 2
     self.summary = (f'KV retrieval: {cfg.n_pairs} pairs, alphabet {cfg.alphabet_size}, context '
                     f'{cfg.context_len} tokens')
+
+  def identity(self) -> dict:
+    c = self.cfg
+    out = {'task': 'kv', 'n_pairs': c.n_pairs}
+    if (c.key_len, c.value_len, c.alphabet_size, c.n_segments, c.filler_len) != (2, 2, 62, 1, 0):
+      out.update(key_len=c.key_len, value_len=c.value_len, alphabet_size=c.alphabet_size,
+                 n_segments=c.n_segments, filler_len=c.filler_len)
+    return out
+
+  def score_prediction(self, sample: KVSample, prediction: str) -> dict:
+    """The generated answer must equal the target up to its stop id (`v!`, without `|`)."""
+    stop = [i for i, t in enumerate(sample.target.tolist()) if t in self.stop_ids]
+    reference = self.tokenizer.decode(sample.target[:stop[0] if stop else len(sample.target)])
+    return exact_text_match(prediction, reference)
 
   # -- single samples ---------------------------------------------------------------------------
 
@@ -224,62 +207,3 @@ class KVTask(HostBatches):
     """Right-pads samples into a batch; pads with empty samples (target_mask 0) up to batch_size."""
     return collate(samples, self.pad_id, batch_size=batch_size,
                    context_len=self.cfg.context_len, qa_len=self.cfg.qa_len)
-
-  def render(self, sample_or_ids) -> str:
-    t = self.tokenizer
-    if isinstance(sample_or_ids, KVSample):
-      s = sample_or_ids
-      return f'{t.decode(s.context)}  {t.decode(s.query)} -> {t.decode(s.target)}'
-    return t.decode(sample_or_ids)
-
-
-def _local_batch(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(f'the global batch {global_batch} must be divisible by the number of '
-                     f'processes {process_count}')
-  return global_batch // process_count
-
-
-def collate(samples: Sequence[KVSample], pad_id: int, *, batch_size: Optional[int] = None,
-            context_len: Optional[int] = None, qa_len: Optional[int] = None) -> dict:
-  """Right-pads (context, query, target) samples to fixed lengths. Never truncates: a sample
-  longer than the requested length is an error."""
-  n = len(samples)
-  b = batch_size or n
-  if n > b:
-    raise ValueError(f'{n} samples do not fit a batch of {b}')
-  if n == 0:
-    raise ValueError('cannot collate an empty list of samples')
-  s_len = max(len(s.context) for s in samples)
-  q_len = max(len(s.query) + len(s.target) for s in samples)
-  if context_len is not None:
-    if s_len > context_len:
-      raise ValueError(f'context of {s_len} tokens exceeds the bucket length {context_len}')
-    s_len = context_len
-  if qa_len is not None:
-    if q_len > qa_len:
-      raise ValueError(f'query+target of {q_len} tokens exceeds the bucket length {qa_len}')
-    q_len = qa_len
-  batch = {'context': np.full((b, s_len), pad_id, np.int32),
-           'context_mask': np.zeros((b, s_len), np.int32),
-           'qa': np.full((b, q_len), pad_id, np.int32),
-           'target_mask': np.zeros((b, q_len), np.int32)}
-  for i in range(b):
-    s = samples[i] if i < n else samples[0]  # padding samples: a real context, no targets
-    if len(s.context) == 0:
-      raise ValueError(f'sample {i} has an empty context')
-    batch['context'][i, :len(s.context)] = s.context
-    batch['context_mask'][i, :len(s.context)] = 1
-    qa = np.concatenate([s.query, s.target])
-    batch['qa'][i, :len(qa)] = qa
-    if i < n:
-      batch['target_mask'][i, len(s.query):len(qa)] = 1
-  return batch
-
-
-def bucket_length(length: int, buckets: Sequence[int], field: str = 'length') -> int:
-  """The smallest bucket >= length (error when none fits: nothing is truncated)."""
-  for b in sorted(buckets):
-    if length <= b:
-      return b
-  raise ValueError(f'{field} {length} exceeds the largest bucket {max(buckets)}')

@@ -25,11 +25,11 @@ import json
 import os
 import re
 import string
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
-from gradmem_jax.data.kv import HostBatches, collate
+from gradmem_jax.data.base import TASKS, HostBatches, collate
 from gradmem_jax.data.text import make_tokenizer
 
 CONTEXT_MODES = ('sentence', 'paragraph')
@@ -92,17 +92,66 @@ def _need(node, key: str, kind, where: str):
   return value
 
 
+def _read_squad_json(path: str):
+  """The parsed JSON of a SQuAD file, gzipped or not; ValueError naming the path and the problem
+  for a truncated or corrupt gzip stream, an empty file, bytes that are not UTF-8 or text that is
+  not JSON."""
+  import zlib  # (local: only this reader needs it)
+
+  def bad(problem: str) -> ValueError:
+    return ValueError(f'data.path={path!r}: not readable as SQuAD JSON (official layout, '
+                      f'optionally gzipped): {problem}')
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+  except OSError as e:
+    raise bad(f'cannot read the file ({e})') from e
+  if not raw:
+    raise bad('the file is empty (0 bytes: an interrupted copy or download?)')
+  # Decided by content, not by name: gzip streams start with the bytes 1f 8b.
+  if raw[:2] == b'\x1f\x8b':
+    try:
+      raw = gzip.decompress(raw)
+    except EOFError as e:
+      raise bad('the gzip stream is truncated (it ends before its end marker: an interrupted copy '
+                'or download?)') from e
+    except (OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+      raise bad(f'corrupt gzip data ({e})') from e
+  elif path.endswith('.gz'):
+    raise bad(f'the name ends in .gz but the file is not gzip-compressed (it starts with '
+              f'{raw[:16]!r})')
+  try:
+    text = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise bad(f'not UTF-8 text ({e})') from e
+  if not text.strip():
+    raise bad('it holds only white space')
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    hint = ' (the text ends early: truncated?)' if e.pos >= len(text.rstrip()) else ''
+    raise bad(f'invalid JSON at line {e.lineno} column {e.colno}: {e.msg}{hint}') from e
+
+
 def load_squad(path: str) -> list[SquadQuestion]:
-  """Every question of a SQuAD JSON file (official layout), in file order, validated."""
+  """Every question of a SQuAD JSON file (official layout), in file order, validated.
+
+  Every damage to the file (empty, truncated, not gzip though named .gz, not JSON, JSON of another
+  shape) is a ValueError naming the path and what is expected."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'data.path={path!r}: no such file (a SQuAD .json or .json.gz; this '
                             'machine has ../shared/data/squad/dev-v1.1.json.gz)')
-  opener = gzip.open if path.endswith('.gz') else open
-  try:
-    with opener(path, 'rt', encoding='utf-8') as f:
-      root = json.load(f)
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f'data.path={path!r}: not readable as (gzipped) JSON: {e}') from e
+  root = _read_squad_json(path)
+  if not isinstance(root, dict) or not isinstance(root.get('data'), list):
+    kinds = {list: 'a JSON array', str: 'a JSON string', int: 'a JSON number',
+             float: 'a JSON number', bool: 'a JSON boolean', type(None): 'JSON null',
+             dict: 'a JSON object'}
+    got = (kinds.get(type(root), type(root).__name__) if not isinstance(root, dict) else
+           'an object without a "data" list' if 'data' not in root else
+           f'an object whose "data" is {kinds.get(type(root["data"]), "not a list")}')
+    raise ValueError(f'data.path={path!r}: expected the official SQuAD layout, a JSON object '
+                     '{"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [...]}]}]}, '
+                     f'got {got}')
   out = []
   seen = set()
   for a, art in enumerate(_need(root, 'data', list, path)):
@@ -215,16 +264,15 @@ def _round_up(n: int, k: int = 8) -> int:
   return -(-n // k) * k
 
 
+@TASKS.register('squad')
 class SquadTask(HostBatches):
-  """Short-SQuAD samples, split by article, with the same batching interface as KVTask."""
+  """Short-SQuAD samples (the answer sentences of a SQuAD JSON file, or whole paragraphs), split
+  into training and validation by article."""
+  config_cls: ClassVar[type] = SquadTaskConfig
 
   def __init__(self, cfg: SquadTaskConfig):
-    cfg.validate()
-    self.cfg = cfg
-    self.tokenizer = make_tokenizer(cfg.tokenizer)
+    super().__init__(cfg, make_tokenizer(cfg.tokenizer))
     tok = self.tokenizer
-    self.vocab_size = tok.vocab_size
-    self.pad_id = tok.pad_id
     self.eos_id = tok.eos_id
     self.ignore_ids = ()              # every answer token and the EOS are scored
     self.stop_ids = (tok.eos_id,)
@@ -277,7 +325,15 @@ class SquadTask(HostBatches):
     target = np.concatenate([tok.encode(answer), [tok.eos_id]]).astype(np.int32)
     return SquadSample(tok.encode(context), query, target, q.qid, q.answers)
 
-  # The KVTask interface --------------------------------------------------------------------------
+  # The Task interface ----------------------------------------------------------------------------
+
+  def identity(self) -> dict:
+    return {'task': 'squad', 'variant': self.cfg.context}
+
+  def score_prediction(self, sample: SquadSample, prediction: str) -> dict:
+    """Official SQuAD exact match and F1 (normalised text, max over the gold answers)."""
+    truths = list(sample.answers) or [self.tokenizer.decode(sample.target).strip()]
+    return {'gen_em': exact_match(prediction, truths), 'gen_f1': f1_score(prediction, truths)}
 
   @property
   def summary(self) -> str:
@@ -325,10 +381,3 @@ class SquadTask(HostBatches):
     c = self._bucket(max(len(s.context) for s in samples), self.context_len)
     q = self.qa_len  # one query length: a bucket per (context, query) pair would multiply compiles
     return collate(samples, self.pad_id, batch_size=batch_size, context_len=c, qa_len=q)
-
-  def render(self, sample_or_ids) -> str:
-    t = self.tokenizer
-    if isinstance(sample_or_ids, SquadSample):
-      s = sample_or_ids
-      return f'{t.decode(s.context)} | {t.decode(s.query)} ->{t.decode(s.target)}'
-    return t.decode(sample_or_ids)

@@ -54,14 +54,6 @@ def read_metrics(logits: Array, labels: Array, target_mask: Array,
   }
 
 
-def per_sample_exact_match(logits: Array, labels: Array, target_mask: Array,
-                           ignore_ids: Sequence[int] = ()) -> Array:
-  """[B] bool: every scored target token predicted right (argmax, teacher forced)."""
-  smask = score_mask(labels, target_mask, ignore_ids)
-  right = (jnp.argmax(logits, axis=-1) == labels) | ~smask
-  return jnp.all(right, axis=-1) & jnp.any(smask, axis=-1)
-
-
 def summarize(sums: dict[str, Array]) -> dict[str, float]:
   """Turns summed metrics into rates (em, token_acc, target_loss)."""
   out = {}

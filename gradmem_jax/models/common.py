@@ -53,6 +53,22 @@ def at_least_f32(x: Array) -> Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def check_model_fields(cfg, positive: tuple[str, ...]) -> None:
+  """The checks every family's config shares: `positive` fields > 0, known dtypes and remat."""
+  for f in positive:
+    if getattr(cfg, f) <= 0:
+      raise ValueError(f'model.{f} must be > 0, got {getattr(cfg, f)}')
+  get_dtype(cfg.dtype, 'model.dtype')
+  get_dtype(cfg.param_dtype, 'model.param_dtype')
+  get_remat_policy(cfg.remat, 'model.remat')
+
+
+def embedding(cfg, num: int, std: float) -> nn.Embed:
+  """A [num, hidden_size] embedding table in the config's dtypes, initialised N(0, std)."""
+  return nn.Embed(num, cfg.hidden_size, dtype=get_dtype(cfg.dtype),
+                  param_dtype=get_dtype(cfg.param_dtype), embedding_init=normal_init(std))
+
+
 def normal_init(std: float):
   return nn.initializers.normal(stddev=std)
 

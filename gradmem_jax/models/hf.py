@@ -1,7 +1,8 @@
 """Loading Hugging Face checkpoints (config.json + *.safetensors) into our Flax decoders.
 
 `model_config_from_hf` turns a Hugging Face `config.json` (model_type 'llama' or 'gpt2') into our
-`config.model` dict; `load_hf_params` reads the safetensors weights into the parameter tree that
+`config.model` dict through the family registered for that model_type (`models.base.HFSpec`);
+`load_hf_params` reads the safetensors weights into the parameter tree that
 `Backbone.init` produces (transposing torch Linear weights where needed) and checks that every
 parameter is present with the right shape and that no tensor is left over; `load_hf_checkpoint`
 does both. Features our decoders do not implement raise a ValueError naming the config field.
@@ -17,27 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradmem_jax.models import Backbone, backbone_from_config
+from gradmem_jax.models.base import FAMILIES, Backbone, HFSpec, backbone_from_config
 
 Params = Any
-SUPPORTED_MODEL_TYPES = ('gpt2', 'llama')
-LLAMA_ROPE_TYPES = ('default', 'llama3')
-# Both are the tanh approximation of GELU (jax.nn.gelu(approximate=True)).
-GPT2_ACTIVATIONS = ('gelu_new', 'gelu_pytorch_tanh')
-# Prefixes of the base model inside a *ForCausalLM / *LMHeadModel checkpoint.
-_PREFIXES = ('model.', 'transformer.')
-_DEFAULT_PREFIX = {'llama': 'model.', 'gpt2': 'transformer.'}
-# Non-parameter buffers that some checkpoints carry (causal masks, rotary tables).
-_KNOWN_BUFFERS = re.compile(
-    r'^(?:(?:layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq'
-    r'|h\.\d+\.attn\.(?:bias|masked_bias))$')
 
 
 # ----------------------------------------------------------------------------------------------
 # config.json -> config.model
 
 
-def _need(c: Mapping[str, Any], *names: str) -> Any:
+def need(c: Mapping[str, Any], *names: str) -> Any:
   """The first of `names` present (not None) in the config, else a ValueError naming it."""
   for n in names:
     if c.get(n) is not None:
@@ -45,119 +35,19 @@ def _need(c: Mapping[str, Any], *names: str) -> Any:
   raise ValueError(f"config.json has no {names[0]!r} (needed for a {c.get('model_type')} model)")
 
 
-def _llama_rope(c: Mapping[str, Any]) -> tuple[float, Optional[dict]]:
-  """(rope_theta, rope_scaling) from either the legacy (`rope_theta` + `rope_scaling`) or the
-  transformers-5 (`rope_parameters`) form. As in transformers, a legacy `rope_scaling` takes
-  precedence over `rope_parameters`, and a theta inside the dict over a top-level `rope_theta`."""
-  rp = c.get('rope_scaling') or c.get('rope_parameters') or {}
-  field = 'rope_scaling' if c.get('rope_scaling') else 'rope_parameters'
-  if not isinstance(rp, Mapping):
-    raise ValueError(f'config.{field} must be a dict, got {type(rp).__name__}')
-  if any(isinstance(v, Mapping) for v in rp.values()):
-    raise ValueError(f'config.{field} is nested per layer type, which is not supported; allowed: '
-                     f'one flat dict for all layers')
-  theta = float(rp.get('rope_theta', c.get('rope_theta', 10000.0)))
-  partial = rp.get('partial_rotary_factor', c.get('partial_rotary_factor'))
-  if partial is not None and float(partial) != 1.0:
-    raise ValueError(f'config.partial_rotary_factor={partial} is not supported; allowed: 1.0')
-  rope_type = rp.get('rope_type', rp.get('type', 'default'))
-  if rope_type not in LLAMA_ROPE_TYPES:
-    raise ValueError(f'config.{field}.rope_type={rope_type!r} is not supported; allowed: '
-                     f'{list(LLAMA_ROPE_TYPES)}')
-  if rope_type == 'default':
-    return theta, None
-  for k in ('factor', 'low_freq_factor', 'high_freq_factor'):
-    if rp.get(k) is None:
-      raise ValueError(f"config.{field}.{k} is required for rope_type 'llama3'")
-  # transformers: a top-level original_max_position_embeddings wins, then the dict's, then
-  # max_position_embeddings.
-  old_len = c.get('original_max_position_embeddings')
-  if old_len is None:
-    old_len = rp.get('original_max_position_embeddings', c.get('max_position_embeddings'))
-  if old_len is None:
-    raise ValueError(f'config.{field}.original_max_position_embeddings is required for '
-                     f"rope_type 'llama3'")
-  if float(rp['high_freq_factor']) == float(rp['low_freq_factor']):
-    raise ValueError(f'config.{field}: high_freq_factor must differ from low_freq_factor')
-  return theta, {
-      'rope_type': 'llama3',
-      'factor': float(rp['factor']),
-      'low_freq_factor': float(rp['low_freq_factor']),
-      'high_freq_factor': float(rp['high_freq_factor']),
-      'original_max_position_embeddings': int(old_len),
-  }
-
-
-def _llama_config(c: Mapping[str, Any]) -> dict:
-  act = c.get('hidden_act', 'silu')
-  if act != 'silu':
-    raise ValueError(f"config.hidden_act={act!r} is not supported for llama; allowed: ['silu']")
-  for f in ('attention_bias', 'mlp_bias'):
-    if c.get(f):
-      raise ValueError(f'config.{f}={c[f]!r} is not supported (our Llama has no biases); '
-                       f'allowed: false')
-  hidden = int(_need(c, 'hidden_size'))
-  heads = int(_need(c, 'num_attention_heads'))
-  theta, scaling = _llama_rope(c)
-  out = {
-      'kind': 'llama',
-      'vocab_size': int(_need(c, 'vocab_size')),
-      'hidden_size': hidden,
-      'intermediate_size': int(_need(c, 'intermediate_size')),
-      'num_layers': int(_need(c, 'num_hidden_layers')),
-      'num_heads': heads,
-      'num_kv_heads': int(c.get('num_key_value_heads') or heads),
-      'rms_eps': float(c.get('rms_norm_eps', 1e-6)),        # transformers' LlamaConfig default
-      'rope_theta': theta,
-      'rope_scaling': scaling,
-      'tie_embeddings': bool(c.get('tie_word_embeddings', False)),  # LlamaConfig default
-      'max_positions': int(c.get('max_position_embeddings', 2048)),
-      'init_std': float(c.get('initializer_range', 0.02)),
-  }
-  head_dim = c.get('head_dim')
-  if head_dim is not None and (hidden % heads or int(head_dim) != hidden // heads):
-    out['head_dim'] = int(head_dim)
-  return out
-
-
-def _gpt2_config(c: Mapping[str, Any]) -> dict:
-  act = c.get('activation_function', 'gelu_new')
-  if act not in GPT2_ACTIVATIONS:
-    raise ValueError(f'config.activation_function={act!r} is not supported for gpt2; allowed: '
-                     f'{list(GPT2_ACTIVATIONS)}')
-  for f, want in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False),
-                  ('reorder_and_upcast_attn', False), ('add_cross_attention', False),
-                  ('tie_word_embeddings', True)):
-    if bool(c.get(f, want)) != want:
-      raise ValueError(f'config.{f}={c[f]!r} is not supported for gpt2; allowed: '
-                       f'{str(want).lower()}')
-  hidden = int(_need(c, 'n_embd', 'hidden_size'))
-  inner = c.get('n_inner')
-  return {
-      'kind': 'gpt2',
-      'vocab_size': int(_need(c, 'vocab_size')),
-      'hidden_size': hidden,
-      'num_layers': int(_need(c, 'n_layer', 'num_hidden_layers')),
-      'num_heads': int(_need(c, 'n_head', 'num_attention_heads')),
-      'intermediate_size': int(inner) if inner is not None else 4 * hidden,
-      'max_positions': int(_need(c, 'n_positions', 'max_position_embeddings')),
-      'layer_norm_eps': float(c.get('layer_norm_epsilon', 1e-5)),
-      'embd_dropout': float(c.get('embd_pdrop', 0.1)),
-      'attn_dropout': float(c.get('attn_pdrop', 0.1)),
-      'resid_dropout': float(c.get('resid_pdrop', 0.1)),
-      'init_std': float(c.get('initializer_range', 0.02)),
-  }
+def _families_by_model_type() -> dict[str, str]:
+  return {t: name for name in FAMILIES for t in (FAMILIES.get(name).hf.model_types
+                                                 if FAMILIES.get(name).hf else ())}
 
 
 def model_config_from_hf(config_json: Mapping[str, Any]) -> dict:
   """Our `config.model` dict (with 'kind') for a Hugging Face config.json dict."""
   model_type = config_json.get('model_type')
-  if model_type == 'llama':
-    return _llama_config(config_json)
-  if model_type == 'gpt2':
-    return _gpt2_config(config_json)
-  raise ValueError(f'config.model_type={model_type!r} is not supported; allowed: '
-                   f'{list(SUPPORTED_MODEL_TYPES)}')
+  by_type = _families_by_model_type()
+  if model_type not in by_type:
+    raise ValueError(f'config.model_type={model_type!r} is not supported; allowed: '
+                     f'{sorted(by_type)}')
+  return FAMILIES.get(by_type[model_type]).hf.config_from_hf(config_json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,46 +137,19 @@ def _checkpoint_tensors(checkpoint_dir: str) -> dict[str, np.ndarray]:
 # name mapping
 
 
-def _expected_hf_names(backbone: Backbone) -> dict[tuple[str, ...], tuple[str, bool]]:
-  """Our parameter path -> (HF tensor name without the base-model prefix, transpose?)."""
-  cfg = backbone.cfg
-  table: dict[tuple[str, ...], tuple[str, bool]] = {}
-  if backbone.kind == 'llama':
-    table[('embed_tokens', 'embedding')] = ('embed_tokens.weight', False)
-    for i in range(cfg.num_layers):
-      p = f'layers_{i}'
-      for norm in ('input_layernorm', 'post_attention_layernorm'):
-        table[(p, norm, 'scale')] = (f'layers.{i}.{norm}.weight', False)
-      for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
-        table[(p, 'self_attn', proj, 'kernel')] = (f'layers.{i}.self_attn.{proj}.weight', True)
-      for proj in ('gate_proj', 'up_proj', 'down_proj'):
-        table[(p, 'mlp', proj, 'kernel')] = (f'layers.{i}.mlp.{proj}.weight', True)
-    table[('norm', 'scale')] = ('norm.weight', False)
-    if not cfg.tie_embeddings:
-      table[('lm_head', 'kernel')] = ('lm_head.weight', True)
-  elif backbone.kind == 'gpt2':
-    table[('wte', 'embedding')] = ('wte.weight', False)
-    table[('wpe', 'embedding')] = ('wpe.weight', False)
-    # Our name -> HF module path inside block h.{i}. GPT-2's Conv1D stores weights as [in, out].
-    modules = {'ln_1': 'ln_1', 'ln_2': 'ln_2', 'c_attn': 'attn.c_attn', 'c_proj': 'attn.c_proj',
-               'c_fc': 'mlp.c_fc', 'mlp_c_proj': 'mlp.c_proj'}
-    for i in range(cfg.num_layers):
-      for ours, theirs in modules.items():
-        is_ln = ours.startswith('ln_')
-        table[(f'h_{i}', ours, 'scale' if is_ln else 'kernel')] = (f'h.{i}.{theirs}.weight', False)
-        table[(f'h_{i}', ours, 'bias')] = (f'h.{i}.{theirs}.bias', False)
-    table[('ln_f', 'scale')] = ('ln_f.weight', False)
-    table[('ln_f', 'bias')] = ('ln_f.bias', False)
-  else:
-    raise ValueError(f'backbone.kind={backbone.kind!r} cannot load Hugging Face weights; allowed: '
-                     f'{list(SUPPORTED_MODEL_TYPES)}')
-  return table
+def _hf_spec(backbone: Backbone) -> HFSpec:
+  spec = backbone.family.hf
+  if spec is None:
+    raise ValueError(f'model.kind={backbone.kind!r} cannot load Hugging Face weights; families '
+                     f'that can: {[n for n in FAMILIES if FAMILIES.get(n).hf]}')
+  return spec
 
 
 def _strip_prefix(name: str) -> str:
   if name.startswith('lm_head.'):
     return name
-  for p in _PREFIXES:
+  prefixes = {FAMILIES.get(n).hf.default_prefix for n in FAMILIES if FAMILIES.get(n).hf}
+  for p in sorted(prefixes):
     if name.startswith(p):
       return name[len(p):]
   return name
@@ -294,13 +157,6 @@ def _strip_prefix(name: str) -> str:
 
 def _path_str(path: tuple[str, ...]) -> str:
   return '/'.join(path)
-
-
-def _tied_head_name(backbone: Backbone) -> Optional[str]:
-  """The embedding an `lm_head.weight` must equal when the output projection is tied."""
-  if backbone.kind == 'gpt2':
-    return 'wte.weight'
-  return 'embed_tokens.weight' if backbone.cfg.tie_embeddings else None
 
 
 def load_hf_params(checkpoint_dir: str, backbone: Backbone) -> Params:
@@ -316,16 +172,17 @@ def load_hf_params(checkpoint_dir: str, backbone: Backbone) -> Params:
       raise ValueError(f'tensors {full_name[short]!r} and {k!r} both map to {short!r}')
     tensors[short], full_name[short] = v, k
   prefixes = [k[:len(k) - len(s)] for s, k in full_name.items() if s != 'lm_head.weight']
-  prefix = max(set(prefixes), key=prefixes.count) if prefixes else _DEFAULT_PREFIX[backbone.kind]
+  spec = _hf_spec(backbone)
+  prefix = max(set(prefixes), key=prefixes.count) if prefixes else spec.default_prefix
   hf_key = lambda short: short if short.startswith('lm_head.') else prefix + short
 
   shapes = jax.eval_shape(backbone.init, jax.random.PRNGKey(0))
   flat_shapes = {tuple(getattr(k, 'key', str(k)) for k in path): leaf
                  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
-  table = _expected_hf_names(backbone)
+  table = spec.name_table(backbone.cfg)
   if set(table) != set(flat_shapes):  # the decoders changed and this table did not
     diff = sorted(_path_str(p) for p in set(table) ^ set(flat_shapes))
-    raise RuntimeError(f'hf.py name table is out of date with the {backbone.kind} decoder: {diff}')
+    raise RuntimeError(f'the Hugging Face name table is out of date with the {backbone.kind} decoder: {diff}')
 
   missing = [(p, n) for p, (n, _) in table.items() if n not in tensors]
   if missing:
@@ -335,10 +192,10 @@ def load_hf_params(checkpoint_dir: str, backbone: Backbone) -> Params:
                      f'parameter {_path_str(p)}{more}')
 
   used = {n for n, _ in table.values()}
-  head_of = _tied_head_name(backbone)
+  head_of = spec.tied_head(backbone.cfg)
   unused = []
   for short in sorted(tensors):
-    if short in used or _KNOWN_BUFFERS.match(short):
+    if short in used or any(re.fullmatch(b, short) for b in spec.buffers):
       continue
     if short == 'lm_head.weight' and head_of is not None:
       if not (tensors[short].shape == tensors[head_of].shape
@@ -401,4 +258,4 @@ def load_hf_checkpoint(checkpoint_dir: str, **overrides) -> tuple[Backbone, Para
   return backbone, load_hf_params(checkpoint_dir, backbone)
 
 
-__all__ = ['model_config_from_hf', 'load_hf_params', 'load_hf_checkpoint']
+__all__ = ['model_config_from_hf', 'load_hf_params', 'load_hf_checkpoint', 'need']

@@ -1,18 +1,19 @@
 """Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases).
 
 Takes input embeddings, so memory vectors can be prefixed to token embeddings. Parameter names
-follow the Hugging Face Llama checkpoints so weights load by name (see `hf.py`).
+follow the Hugging Face Llama checkpoints; the family's Hugging Face name table (config.json
+fields, tensor names) is at the end of this file and registered with the family.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from gradmem_jax.models import common
+from gradmem_jax.models import base, common, hf
 
 Array = jax.Array
 
@@ -41,10 +42,8 @@ class LlamaConfig:
     return self.head_dim or self.hidden_size // self.num_heads
 
   def validate(self) -> None:
-    for f in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_layers', 'num_heads',
-              'num_kv_heads'):
-      if getattr(self, f) <= 0:
-        raise ValueError(f'model.{f} must be > 0, got {getattr(self, f)}')
+    common.check_model_fields(self, ('vocab_size', 'hidden_size', 'intermediate_size',
+                                     'num_layers', 'num_heads', 'num_kv_heads'))
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'model.num_heads={self.num_heads} must be a multiple of '
                        f'model.num_kv_heads={self.num_kv_heads}')
@@ -53,9 +52,13 @@ class LlamaConfig:
                        f'model.num_heads={self.num_heads} (or set model.head_dim)')
     if self.dh % 2:
       raise ValueError(f'head dim {self.dh} must be even for rotary embeddings')
-    common.get_dtype(self.dtype, 'model.dtype')
-    common.get_dtype(self.param_dtype, 'model.param_dtype')
-    common.get_remat_policy(self.remat, 'model.remat')
+
+
+def _dense(cfg: LlamaConfig, features: int, name: str) -> nn.Dense:
+  """A bias-free projection in the config's dtypes (every Llama linear layer)."""
+  return nn.Dense(features, use_bias=False, dtype=common.get_dtype(cfg.dtype),
+                  param_dtype=common.get_dtype(cfg.param_dtype),
+                  kernel_init=common.normal_init(cfg.init_std), name=name)
 
 
 class LlamaAttention(nn.Module):
@@ -64,9 +67,7 @@ class LlamaAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, cos: Array, sin: Array) -> Array:
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                                     kernel_init=common.normal_init(cfg.init_std), name=name)
+    dense = lambda n, name: _dense(cfg, n, name)
     b, t, d = x.shape
     # Projections on [B*T, d] (2-D dots): their weight gradients then contract over the major
     # axis of two plain matrices, which XLA:CPU handles without transposing a fused operand.
@@ -86,9 +87,7 @@ class LlamaMLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                                     kernel_init=common.normal_init(cfg.init_std), name=name)
+    dense = lambda n, name: _dense(cfg, n, name)
     shape = x.shape
     x = x.reshape(-1, shape[-1])  # 2-D dots (see LlamaAttention)
     gate = dense(cfg.intermediate_size, 'gate_proj')(x)
@@ -116,8 +115,7 @@ class LlamaDecoder(nn.Module):
   def setup(self):
     cfg = self.cfg
     dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
-    self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
-                                 embedding_init=common.normal_init(cfg.init_std))
+    self.embed_tokens = common.embedding(cfg, cfg.vocab_size, cfg.init_std)
     use_remat, policy = common.get_remat_policy(cfg.remat, 'model.remat')
     block = nn.remat(LlamaBlock, policy=policy) if use_remat else LlamaBlock
     self.layers = [block(cfg, name=f'layers_{i}') for i in range(cfg.num_layers)]
@@ -149,3 +147,116 @@ class LlamaDecoder(nn.Module):
   def init_graph(self, ids: Array, positions: Array) -> Array:
     """Touches every parameter (used by `init`)."""
     return self.logits(self(self.embed(ids), positions))
+
+
+# ------------------------------------------------------------------------------------------------
+# The family: registry entry and Hugging Face name table.
+
+LLAMA_ROPE_TYPES = ('default', 'llama3')
+
+
+def _llama_rope(c: Mapping[str, Any]) -> tuple[float, Optional[dict]]:
+  """(rope_theta, rope_scaling) from either the legacy (`rope_theta` + `rope_scaling`) or the
+  transformers-5 (`rope_parameters`) form. As in transformers, a legacy `rope_scaling` takes
+  precedence over `rope_parameters`, and a theta inside the dict over a top-level `rope_theta`."""
+  rp = c.get('rope_scaling') or c.get('rope_parameters') or {}
+  field = 'rope_scaling' if c.get('rope_scaling') else 'rope_parameters'
+  if not isinstance(rp, Mapping):
+    raise ValueError(f'config.{field} must be a dict, got {type(rp).__name__}')
+  if any(isinstance(v, Mapping) for v in rp.values()):
+    raise ValueError(f'config.{field} is nested per layer type, which is not supported; allowed: '
+                     f'one flat dict for all layers')
+  theta = float(rp.get('rope_theta', c.get('rope_theta', 10000.0)))
+  partial = rp.get('partial_rotary_factor', c.get('partial_rotary_factor'))
+  if partial is not None and float(partial) != 1.0:
+    raise ValueError(f'config.partial_rotary_factor={partial} is not supported; allowed: 1.0')
+  rope_type = rp.get('rope_type', rp.get('type', 'default'))
+  if rope_type not in LLAMA_ROPE_TYPES:
+    raise ValueError(f'config.{field}.rope_type={rope_type!r} is not supported; allowed: '
+                     f'{list(LLAMA_ROPE_TYPES)}')
+  if rope_type == 'default':
+    return theta, None
+  for k in ('factor', 'low_freq_factor', 'high_freq_factor'):
+    if rp.get(k) is None:
+      raise ValueError(f"config.{field}.{k} is required for rope_type 'llama3'")
+  # transformers: a top-level original_max_position_embeddings wins, then the dict's, then
+  # max_position_embeddings.
+  old_len = c.get('original_max_position_embeddings')
+  if old_len is None:
+    old_len = rp.get('original_max_position_embeddings', c.get('max_position_embeddings'))
+  if old_len is None:
+    raise ValueError(f'config.{field}.original_max_position_embeddings is required for '
+                     f"rope_type 'llama3'")
+  if float(rp['high_freq_factor']) == float(rp['low_freq_factor']):
+    raise ValueError(f'config.{field}: high_freq_factor must differ from low_freq_factor')
+  return theta, {
+      'rope_type': 'llama3',
+      'factor': float(rp['factor']),
+      'low_freq_factor': float(rp['low_freq_factor']),
+      'high_freq_factor': float(rp['high_freq_factor']),
+      'original_max_position_embeddings': int(old_len),
+  }
+
+
+def _llama_config(c: Mapping[str, Any]) -> dict:
+  act = c.get('hidden_act', 'silu')
+  if act != 'silu':
+    raise ValueError(f"config.hidden_act={act!r} is not supported for llama; allowed: ['silu']")
+  for f in ('attention_bias', 'mlp_bias'):
+    if c.get(f):
+      raise ValueError(f'config.{f}={c[f]!r} is not supported (our Llama has no biases); '
+                       f'allowed: false')
+  hidden = int(hf.need(c, 'hidden_size'))
+  heads = int(hf.need(c, 'num_attention_heads'))
+  theta, scaling = _llama_rope(c)
+  out = {
+      'kind': 'llama',
+      'vocab_size': int(hf.need(c, 'vocab_size')),
+      'hidden_size': hidden,
+      'intermediate_size': int(hf.need(c, 'intermediate_size')),
+      'num_layers': int(hf.need(c, 'num_hidden_layers')),
+      'num_heads': heads,
+      'num_kv_heads': int(c.get('num_key_value_heads') or heads),
+      'rms_eps': float(c.get('rms_norm_eps', 1e-6)),        # transformers' LlamaConfig default
+      'rope_theta': theta,
+      'rope_scaling': scaling,
+      'tie_embeddings': bool(c.get('tie_word_embeddings', False)),  # LlamaConfig default
+      'max_positions': int(c.get('max_position_embeddings', 2048)),
+      'init_std': float(c.get('initializer_range', 0.02)),
+  }
+  head_dim = c.get('head_dim')
+  if head_dim is not None and (hidden % heads or int(head_dim) != hidden // heads):
+    out['head_dim'] = int(head_dim)
+  return out
+
+
+def hf_name_table(cfg: LlamaConfig) -> dict[tuple[str, ...], base.HFName]:
+  """Our parameter path -> (HF tensor name without the base-model prefix, transpose?)."""
+  table: dict[tuple[str, ...], base.HFName] = {('embed_tokens', 'embedding'): ('embed_tokens.weight', False)}
+  for i in range(cfg.num_layers):
+    p = f'layers_{i}'
+    for norm in ('input_layernorm', 'post_attention_layernorm'):
+      table[(p, norm, 'scale')] = (f'layers.{i}.{norm}.weight', False)
+    for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
+      table[(p, 'self_attn', proj, 'kernel')] = (f'layers.{i}.self_attn.{proj}.weight', True)
+    for proj in ('gate_proj', 'up_proj', 'down_proj'):
+      table[(p, 'mlp', proj, 'kernel')] = (f'layers.{i}.mlp.{proj}.weight', True)
+  table[('norm', 'scale')] = ('norm.weight', False)
+  if not cfg.tie_embeddings:
+    table[('lm_head', 'kernel')] = ('lm_head.weight', True)
+  return table
+
+
+def output_embedding(params, cfg: LlamaConfig):
+  if cfg.tie_embeddings:
+    return params['embed_tokens']['embedding'].T
+  return params['lm_head']['kernel']
+
+
+FAMILY = base.register_family(base.Family(
+    name='llama', config_cls=LlamaConfig, module_cls=LlamaDecoder,
+    output_embedding=output_embedding,
+    hf=base.HFSpec(model_types=('llama',), config_from_hf=_llama_config, name_table=hf_name_table,
+                   tied_head=lambda cfg: 'embed_tokens.weight' if cfg.tie_embeddings else None,
+                   default_prefix='model.',
+                   buffers=(r'(?:layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq',))))

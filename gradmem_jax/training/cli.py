@@ -1,10 +1,13 @@
-"""The shared absl entry point of the training experiments (experiments/kv_retrieval.py,
-experiments/short_squad.py): `--config=FILE[:presets,overrides]`, `--workdir`, a temporary workdir
-when none is given, and a clean multi-process exit."""
+"""The one absl entry point of the training experiments: `--config=FILE[:presets,overrides]`,
+`--workdir` (a temporary one when none is given), and a clean multi-process exit.
+
+experiments/<task>.py is `cli.run('configs/<task>.py')`; experiments/train.py takes any config.
+"""
 from __future__ import annotations
 
+import os
 import tempfile
-from typing import Callable
+from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -13,21 +16,28 @@ from gradmem_jax.training.mesh import finish_distributed
 from gradmem_jax.training.train import train_and_evaluate
 
 
-def define_flags(default_config: str):
-  config = config_flags.DEFINE_config_file('config', default_config,
-                                           'Experiment config file[:presets,overrides].')
+def run(default_config: Optional[str]) -> None:
+  """Defines --config (default: `default_config`) and --workdir, then runs training."""
+  if default_config and not os.path.exists(default_config):  # started outside the checkout root
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    default_config = os.path.join(root, default_config)
+  config = config_flags.DEFINE_config_file(
+      'config', default_config, 'Experiment config file[:presets,overrides], e.g. '
+      'configs/<task>.py:preset,key=value (presets and keys are listed in the file and in '
+      'WORKSPACE.md).', lock_config=True)
   workdir = flags.DEFINE_string('workdir', None,
-                                'Output directory (checkpoints, metrics, results).')
-  return config, workdir
+                                'Output directory (checkpoints, metrics, results); rerun with the '
+                                'same one to resume.')
+  if default_config is None:
+    flags.mark_flag_as_required('config')
 
-
-def make_main(config_flag, workdir_flag, prefix: str) -> Callable:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    workdir = workdir_flag.value or tempfile.mkdtemp(prefix=prefix)
-    if not workdir_flag.value:
-      print(f'no --workdir given: writing to {workdir}', flush=True)
-    train_and_evaluate(config_flag.value, workdir)
+    wd = workdir.value or tempfile.mkdtemp(prefix='gradmem_')
+    if not workdir.value:
+      print(f'no --workdir given: writing to {wd}', flush=True)
+    train_and_evaluate(config.value, wd)
     finish_distributed()
-  return main
+
+  app.run(main)

@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -38,25 +37,20 @@ def maybe_initialize_distributed(config) -> None:
 
 
 def finish_distributed() -> None:
-  """End of a multi-process run: wait for every process at a named barrier of the coordination
-  service, then leave the distributed runtime explicitly. Otherwise the shutdown barrier runs from
-  interpreter teardown at unrelated times on each process; a process that gets there more than
-  the shutdown timeout after another aborts the run (seen on a loaded 2-core CI machine)."""
+  """End of a multi-process run: wait for every process at a named barrier, then leave the
+  distributed runtime explicitly. Otherwise the shutdown barrier runs from interpreter teardown at
+  unrelated times on each process; a process that gets there more than the shutdown timeout after
+  another aborts the run (seen on a loaded 2-core CI machine)."""
   if jax.process_count() == 1 or not _distributed_is_initialized():
     return
-  from jax._src import distributed
-  client = distributed.global_state.client
-  if client is not None:
-    client.wait_at_barrier('gradmem_jax_run_finished', timeout_in_ms=30 * 60 * 1000)
+  from jax.experimental import multihost_utils
+  multihost_utils.sync_global_devices('gradmem_jax_run_finished')
   jax.distributed.shutdown()
 
 
 def _distributed_is_initialized() -> bool:
-  fn = getattr(jax.distributed, 'is_initialized', None)
-  if fn is not None:
-    return bool(fn())
-  from jax._src import distributed  # older jax
-  return distributed.global_state.client is not None
+  fn = getattr(jax.distributed, 'is_initialized', None)  # public since jax 0.4.3x
+  return bool(fn()) if fn is not None else jax.process_count() > 1
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
@@ -110,7 +104,3 @@ def to_host(tree: Any) -> Any:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
   return jax.tree_util.tree_map(fetch, tree)
-
-
-def zeros_like_sharded(tree: Any) -> Any:
-  return jax.tree_util.tree_map(jnp.zeros_like, tree)

@@ -1,0 +1,67 @@
+"""Full-context baseline (upper bound): no memory; READ runs the decoder on [C; qa] with C's
+padding moved out of the way, so the first qa token follows the last real context token."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Optional
+
+import jax
+import jax.numpy as jnp
+
+from gradmem_jax.memory import ops
+from gradmem_jax.memory.base import METHODS, Capabilities
+from gradmem_jax.memory.config import MemoryConfig
+from gradmem_jax.models import Backbone
+
+Array = jax.Array
+Params = Any
+
+
+@METHODS.register('full_context')
+@dataclasses.dataclass(frozen=True)
+class FullContext:
+  """The decoder reads [C; qa] directly: no memory, the KV cache of C is the 'memory'."""
+  backbone: Backbone
+  cfg: MemoryConfig
+  capabilities: ClassVar[Capabilities] = Capabilities(memory=False)
+
+  @classmethod
+  def validate_config(cls, cfg: MemoryConfig) -> None:
+    del cfg  # nothing of memory.* is used
+
+  def init_params(self, rng: Array, backbone_params: Optional[Params] = None) -> Params:
+    k_bb, _ = jax.random.split(rng)  # the same key split as the prefix-memory methods
+    bb = self.backbone.init(k_bb) if backbone_params is None else backbone_params
+    return {'backbone': bb, 'memory': {}}
+
+  def memory_floats(self, context_len: int) -> int:
+    """The KV cache of the context: keys and values of every layer."""
+    return 2 * self.backbone.num_layers * context_len * self.backbone.hidden_size
+
+  def identity(self) -> dict:
+    return {'method': self.cfg.method}
+
+  def for_evaluation(self, K: Optional[int]) -> 'FullContext':
+    return self
+
+  def write(self, params: Params, context: Array, context_mask: Array, *,
+            rng: Optional[Array] = None, deterministic: bool = True,
+            K: Optional[int] = None) -> tuple[dict, dict]:
+    del params, rng, deterministic, K
+    return {'context': context, 'context_mask': context_mask}, {}
+
+  def read_logits(self, params: Params, state: dict, qa: Array, *,
+                  rng: Optional[Array] = None, deterministic: bool = True) -> Array:
+    bb = params['backbone']
+    context, mask = state['context'], state['context_mask']
+    b, s = context.shape
+    q = qa.shape[1]
+    lengths = jnp.sum(mask.astype(jnp.int32), axis=1)
+    ids = jnp.concatenate([context, qa], axis=1)
+    ids = jnp.take_along_axis(ids, ops.pack_after(lengths, s, q), axis=1)[:, :-1]
+    h = self.backbone.hidden(bb, self.backbone.embed(bb, ids), jnp.arange(s + q - 1),
+                             deterministic=deterministic, rng=rng)
+    # Position len-1+j predicts qa[j] (the last context token predicts qa[0]).
+    pos = jnp.maximum(lengths[:, None] - 1 + jnp.arange(q)[None, :], 0)
+    h = jnp.take_along_axis(h, pos[..., None], axis=1)
+    return self.backbone.logits(bb, h)

@@ -1,0 +1,117 @@
+"""An experiment built from a config: task, backbone, method, mesh and optimizer, and the train
+state's shapes and shardings. Nothing here names a task or a method: both come from registries."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gradmem_jax import config_lib
+from gradmem_jax.data import Task, build_task
+from gradmem_jax.memory import MemoryConfig, Method, build_method, memory_config_from
+from gradmem_jax.models import Backbone, backbone_from_config, pretrained
+from gradmem_jax.training import mesh as mesh_lib
+from gradmem_jax.training.optim import make_optimizer
+
+Array = jax.Array
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  task: Task
+  backbone: Backbone
+  mem_cfg: MemoryConfig
+  method: Method
+  mesh: jax.sharding.Mesh
+  optimizer: optax.GradientTransformation
+
+  @property
+  def memory_floats(self) -> int:
+    """Floats of state carried from WRITE to READ per sample."""
+    return self.method.memory_floats(self.task.context_len)
+
+  def identity(self) -> dict:
+    """What names this run in results and reports: the task's and the method's fields."""
+    return {**self.task.identity(), **self.method.identity()}
+
+
+def _data_section(config) -> dict:
+  """config.data, with data.tokenizer='model' resolved to the pretrained checkpoint's tokenizer."""
+  data = config.data.to_dict()
+  if data.get('tokenizer') == 'model':
+    src = pretrained.source(config.model.to_dict())
+    if not src:
+      raise ValueError("data.tokenizer='model' needs model.hf_checkpoint (a local Hugging Face "
+                       'checkpoint directory with its tokenizer files)')
+    data['tokenizer'] = src
+  return data
+
+
+def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
+  config_lib.validate_config(config)
+  task = build_task(_data_section(config))
+  model = pretrained.resolve_model_config(config.model.to_dict())
+  if not model['vocab_size']:
+    model['vocab_size'] = task.vocab_size
+  elif model['vocab_size'] < task.vocab_size:
+    raise ValueError(f'model.vocab_size={model["vocab_size"]} is smaller than the task vocabulary '
+                     f'({task.vocab_size})')
+  backbone = backbone_from_config(model)
+  mem_cfg = memory_config_from(config.memory)
+  method = build_method(backbone, mem_cfg)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  n_dev = mesh.size
+  o = config.optim
+  if o.batch_size % n_dev:
+    raise ValueError(f'optim.batch_size={o.batch_size} must be divisible by the {n_dev} devices')
+  if o.micro_batch_size == -1:  # auto: chunks of 8 per device on CPU, the whole batch elsewhere
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.optim.micro_batch_size = _auto_micro_batch(o.batch_size, n_dev, mesh)
+    o = config.optim
+  if o.micro_batch_size and o.micro_batch_size % n_dev:
+    raise ValueError(f'optim.micro_batch_size={o.micro_batch_size} must be divisible by the '
+                     f'{n_dev} devices')
+  if config.eval.batch_size % n_dev:
+    raise ValueError(f'eval.batch_size={config.eval.batch_size} must be divisible by the {n_dev} '
+                     'devices')
+  optimizer = make_optimizer(config.optim, config.train.max_steps)
+  return Experiment(config, task, backbone, mem_cfg, method, mesh, optimizer)
+
+
+def _auto_micro_batch(batch_size: int, n_dev: int, mesh) -> int:
+  """On CPU a second-order step over a whole batch overflows the caches; chunks of 8 samples per
+  device were fastest on 2 cores (WORKSPACE.md, perf log). Accelerators take the whole batch."""
+  if mesh.devices.flat[0].platform != 'cpu':
+    return 0
+  micro = 8 * n_dev
+  return micro if batch_size > micro and batch_size % micro == 0 else 0
+
+
+def init_state(exp: Experiment, rng: Array) -> dict:
+  params = exp.method.init_params(rng)
+  return {'step': jnp.zeros((), jnp.int32), 'params': params,
+          'opt_state': exp.optimizer.init(params)}
+
+
+def abstract_state(exp: Experiment) -> tuple[Any, Any]:
+  """(ShapeDtypeStructs with shardings, shardings) of the train state."""
+  shapes = jax.eval_shape(functools.partial(init_state, exp), jax.random.PRNGKey(0))
+  shardings = mesh_lib.state_shardings(exp.mesh, shapes)
+  abstract = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+  return abstract, shardings
+
+
+def pretrained_params(exp: Experiment, rng: Array):
+  """Params with the backbone from the pretrained checkpoint config.model names (memory
+  parameters, e.g. the write head, initialised from it), or None when it names none."""
+  backbone_params = pretrained.load_params(exp.config.model.to_dict(), exp.backbone)
+  if backbone_params is None:
+    return None
+  return exp.method.init_params(rng, backbone_params=backbone_params)

@@ -1,0 +1,86 @@
+"""Jitted steps: `train_step(state, batch, rng) -> (state, metrics)` (micro-batched gradient
+accumulation, metrics computed inside the step) and `eval_step(params, batch) -> sums`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gradmem_jax.memory import eval_sums, outer_loss
+from gradmem_jax.training import mesh as mesh_lib
+from gradmem_jax.training.experiment import Experiment
+from gradmem_jax.training.optim import learning_rate_schedule
+
+_tree_norm = optax.tree.norm if hasattr(optax, 'tree') and hasattr(optax.tree, 'norm') else (
+    optax.global_norm)
+
+
+def _split_micro(batch: dict, n_micro: int, mesh) -> dict:
+  """[B, ...] -> [n_micro, B / n_micro, ...]; micro-batch i takes samples i, i + n_micro, ... so
+  every micro-batch is spread over all data-parallel devices."""
+  def split(x):
+    mb = x.shape[0] // n_micro
+    y = x.reshape((mb, n_micro) + x.shape[1:]).swapaxes(0, 1)
+    spec = P(None, mesh_lib.BATCH_AXES, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+  return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(exp: Experiment):
+  cfg = exp.config
+  method, optimizer = exp.method, exp.optimizer
+  lam = float(cfg.memory.inner_loss_weight)
+  ignore = exp.task.ignore_ids
+  schedule = learning_rate_schedule(cfg.optim, cfg.train.max_steps)
+  batch_size = int(cfg.optim.batch_size)
+  micro = int(cfg.optim.micro_batch_size) or batch_size
+  n_micro = batch_size // micro
+
+  def grads_of(params, batch, rng, n_target, n_samples):
+    def f(p):
+      return outer_loss(method, p, batch, rng=rng, train=True, n_target=n_target,
+                        n_samples=n_samples, inner_loss_weight=lam, ignore_ids=ignore)
+    return jax.value_and_grad(f, has_aux=True)(params)
+
+  def train_step(state, batch, rng):
+    params = state['params']
+    n_target = jnp.maximum(jnp.sum(batch['target_mask']).astype(jnp.float32), 1.0)
+    n_samples = jnp.float32(batch['context'].shape[0])
+    rng = jax.random.fold_in(rng, state['step'])
+    if n_micro == 1:
+      (loss, sums), grads = grads_of(params, batch, rng, n_target, n_samples)
+    else:
+      mbatches = _split_micro(batch, n_micro, exp.mesh)
+      rngs = jax.random.split(rng, n_micro)
+      shapes = jax.eval_shape(grads_of, params, jax.tree_util.tree_map(lambda x: x[0], mbatches),
+                              rngs[0], n_target, n_samples)
+      zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+      def body(acc, xs):
+        b, r = xs
+        out = grads_of(params, b, r, n_target, n_samples)
+        return jax.tree_util.tree_map(jnp.add, acc, out), None
+
+      ((loss, sums), grads), _ = jax.lax.scan(body, zeros, (mbatches, rngs))
+    updates, opt_state = optimizer.update(grads, state['opt_state'], params)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {'loss': loss, 'grad_norm': _tree_norm(grads),
+               'param_norm': _tree_norm(new_params), 'lr': schedule(state['step'])}
+    metrics.update(sums)
+    new_state = {'step': state['step'] + 1, 'params': new_params, 'opt_state': opt_state}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(exp: Experiment, K: Optional[int] = None):
+  """Teacher-forced evaluation sums of one batch with K WRITE steps (None: the trained K)."""
+  method, ignore = exp.method.for_evaluation(K), exp.task.ignore_ids
+
+  def eval_step(params, batch):
+    return eval_sums(method, params, batch, ignore_ids=ignore, K=K)
+
+  return eval_step
