@@ -42,6 +42,15 @@ class ByteTokenizer:
     return bytes((ids - self.offset).astype(np.uint8).tolist()).decode('utf-8', errors='replace')
 
 
+def checked_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+  """ids as a flat list of ints, each in [0, vocab_size) (else a ValueError naming it)."""
+  out = [int(i) for i in np.asarray(ids).reshape(-1)]
+  bad = [i for i in out if not 0 <= i < vocab_size]
+  if bad:
+    raise ValueError(f'token id {bad[0]} is outside the vocabulary (size {vocab_size})')
+  return out
+
+
 class HFTokenizer:
   """A transformers tokenizer from a local directory. Its EOS token ends every answer; PAD is its
   pad token, else EOS (padding is masked everywhere, so the id only has to be valid)."""
@@ -71,11 +80,7 @@ class HFTokenizer:
     return np.asarray(self._tok.encode(text, add_special_tokens=False), np.int32)
 
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    bad = [i for i in ids if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f'token id {bad[0]} is outside the vocabulary (size {self.vocab_size})')
-    return self._tok.decode(ids, skip_special_tokens=skip_special)
+    return self._tok.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=skip_special)
 
 
 def make_tokenizer(spec: str):

@@ -78,6 +78,13 @@ def _text(value) -> str:
 # bAbI.
 
 
+
+def _dataset_info(builder, description: str, features: dict, **meta) -> tfds.core.DatasetInfo:
+  """DatasetInfo in file order (no shuffling: the examples come as the readers give them)."""
+  return tfds.core.DatasetInfo(builder=builder, description=description,
+                               features=tfds.features.FeaturesDict(features),
+                               disable_shuffling=True, metadata=tfds.core.MetadataDict(), **meta)
+
 class BabiConfig(tfds.core.BuilderConfig):
   """One bAbI task (`qa1` .. `qa20`) of the en-10k variant."""
 
@@ -99,24 +106,14 @@ class BabiQa(tfds.core.GeneratorBasedBuilder):
       "(DownloadConfig(manual_dir=...) or `tfds build --manual_dir=...`): " + babi.LAYOUT)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='bAbI QA (Weston et al. 2015): context = the story up to the question, query = '
-                    'the question, target = the answer.',
-        features=tfds.features.FeaturesDict({
-            'task': np.int32,
-            'story': tfds.features.Sequence(tfds.features.Text()),
-            'question': tfds.features.Text(),
-            'answer': tfds.features.Text(),
-            'supporting': tfds.features.Sequence(np.int32),
-            'source': tfds.features.Text(),
-        }),
-        homepage='https://research.facebook.com/downloads/babi/',
-        citation=_BABI_CITATION,
-        license='CC BY 3.0',
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
-    )
+    return _dataset_info(
+        self, 'bAbI QA (Weston et al. 2015): context = the story up to the question, query = the '
+        'question, target = the answer.',
+        {'task': np.int32, 'story': tfds.features.Sequence(tfds.features.Text()),
+         'question': tfds.features.Text(), 'answer': tfds.features.Text(),
+         'supporting': tfds.features.Sequence(np.int32), 'source': tfds.features.Text()},
+        homepage='https://research.facebook.com/downloads/babi/', citation=_BABI_CITATION,
+        license='CC BY 3.0')
 
   def _split_generators(self, dl_manager):
     babi_dir = os.fspath(dl_manager.manual_dir)
@@ -194,24 +191,13 @@ class ShortSquad(tfds.core.GeneratorBasedBuilder):
       'them in ../shared/data/squad).')
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='SQuAD with the context cut to the sentence(s) holding the answer span.',
-        features=tfds.features.FeaturesDict({
-            'id': tfds.features.Text(),
-            'title': tfds.features.Text(),
-            'context': tfds.features.Text(),
-            'paragraph': tfds.features.Text(),
-            'question': tfds.features.Text(),
-            'answers': tfds.features.Sequence(tfds.features.Text()),
-            'answer_start': np.int32,
-        }),
-        homepage='https://rajpurkar.github.io/SQuAD-explorer/',
-        citation=_SQUAD_CITATION,
-        license='CC BY-SA 4.0',
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
-    )
+    text = tfds.features.Text
+    return _dataset_info(
+        self, 'SQuAD with the context cut to the sentence(s) holding the answer span.',
+        {'id': text(), 'title': text(), 'context': text(), 'paragraph': text(),
+         'question': text(), 'answers': tfds.features.Sequence(text()), 'answer_start': np.int32},
+        homepage='https://rajpurkar.github.io/SQuAD-explorer/', citation=_SQUAD_CITATION,
+        license='CC BY-SA 4.0')
 
   def _split_generators(self, dl_manager):
     path = os.path.join(os.fspath(dl_manager.manual_dir), self.builder_config.filename)

@@ -398,14 +398,7 @@ def _load_params(path: str, reader, backbone: Backbone) -> Params:
       arr = arr.T
     flat[p] = jnp.asarray(arr, dtype=flat_shapes[p].dtype)  # one copy, into the jax buffer
     del arr
-
-  params: dict = {}
-  for p, value in flat.items():
-    node = params
-    for k in p[:-1]:
-      node = node.setdefault(k, {})
-    node[p[-1]] = value
-  return params
+  return hf.unflatten(flat)
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:
@@ -640,11 +633,8 @@ class GGUFTokenizer:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
 
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    bad = [i for i in ids if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f'token id {bad[0]} is outside the vocabulary (size {self.vocab_size})')
-    return self._tok.decode(ids, skip_special_tokens=skip_special)
+    from gradmem_jax.data.text import checked_ids
+    return self._tok.decode(checked_ids(ids, self.vocab_size), skip_special_tokens=skip_special)
 
 
 def tokenizer_from_gguf(path, pre_tokenizer: Optional[str] = None) -> GGUFTokenizer:

@@ -225,9 +225,13 @@ def load_hf_params(checkpoint_dir: str, backbone: Backbone) -> Params:
     if transpose:
       arr = arr.T
     flat_params[path] = jnp.asarray(np.asarray(arr).astype(want.dtype))
+  return unflatten(flat_params)
 
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> Params:
+  """{('a', 'b'): x} -> {'a': {'b': x}}: a parameter tree from its leaves by path."""
   params: dict = {}
-  for path, value in flat_params.items():
+  for path, value in flat.items():
     node = params
     for k in path[:-1]:
       node = node.setdefault(k, {})
@@ -258,4 +262,4 @@ def load_hf_checkpoint(checkpoint_dir: str, **overrides) -> tuple[Backbone, Para
   return backbone, load_hf_params(checkpoint_dir, backbone)
 
 
-__all__ = ['model_config_from_hf', 'load_hf_params', 'load_hf_checkpoint', 'need']
+__all__ = ['model_config_from_hf', 'load_hf_params', 'load_hf_checkpoint', 'need', 'unflatten']
