@@ -22,6 +22,22 @@ def task_section(name: str, **changes) -> ml_collections.ConfigDict:
   return c
 
 
+def tiny_model(c, num_memory: int = 2):
+  """The smoke-test size shared by every task's `tiny` preset: a 1-layer, 16-wide model, K=1,
+  batch 8, a short warmup, and evaluation in batches of 8."""
+  c.model.update(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
+  c.memory.update(num_memory=num_memory, K=1)
+  c.optim.update(batch_size=8, warmup_steps=2)
+  c.eval.batch_size = 8
+
+
+def build(arg, base: ml_collections.ConfigDict, presets, aliases) -> ml_collections.ConfigDict:
+  """A config file's get_config: presets and overrides from `arg`, then validation."""
+  config = config_lib.parse_arg(arg, base, presets, aliases)
+  config_lib.validate_config(config)
+  return config
+
+
 def rmt(c):
   """The forward-only writer (RMT x1) with the same memory size."""
   c.memory.method = 'rmt'

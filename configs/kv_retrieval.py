@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.init_from = ''            # workdir (or checkpoint dir) to take initial params from
   c.train.log_every_s = 5.0         # console progress period
   c.train.max_minutes = 0.0         # stop (with a checkpoint) after this much wall time (0: off)
+  c.train.on_nonfinite = 'stop'     # a non-finite loss/gradient/WRITE step: stop | skip | ignore
+  c.train.max_skips = 10            # on_nonfinite='skip': stop after this many skips in a row
+  c.train.debug_nans = False        # jax_debug_nans (replay a non-finite step; slow)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 250           # validation batch (global)
@@ -96,10 +99,8 @@ def cpu(c):
 
 def tiny(c):
   """Seconds-long smoke runs (tests)."""
-  c.model.update(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
-  c.memory.update(num_memory=2, K=1)
+  common.tiny_model(c, num_memory=2)
   c.data.update(n_pairs=2, n_val=16, train_size=10_000)
-  c.optim.update(batch_size=8, warmup_steps=2)
   c.train.update(max_steps=6, eval_every=3, checkpoint_every=3, log_every_s=0.0)
   c.eval.batch_size = 8
 
@@ -129,6 +130,4 @@ PRESETS.update({f'paper_n{n}': (lambda c, n=n: paper(c, n)) for n in PAPER_N})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = config_lib.parse_arg(arg, base_config(), PRESETS, ALIASES)
-  config_lib.validate_config(config)
-  return config
+  return common.build(arg, base_config(), PRESETS, ALIASES)

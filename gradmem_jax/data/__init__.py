@@ -3,6 +3,7 @@ the readers and tokenizers they use. Importing this package registers the built-
 kv (kv.py, generated key-value retrieval) and squad (squad.py, short SQuAD from a JSON file).
 """
 from gradmem_jax.data import kv, squad
+from gradmem_jax.data import babi_task, textrec_task
 from gradmem_jax.data.base import (BATCH_SPEC, TASKS, HostBatches, Sample, Task, build_task,
                                    collate, task_config)
 from gradmem_jax.data.kv import KVTask, KVTaskConfig
