@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,86 @@ def test_meta_gradient_check_grads_per_sample_projection_and_clipping(x64):
                                clip_norm=0.3)
   batch = random_batch(b=2, s=5, q=4)
   check_grads(_loss_fn(method, batch), (params,), order=2, modes=['rev'], atol=1e-4, rtol=1e-4, eps=1e-5)
+
+
+# Directional finite differences in float64, several random directions, with a negative control.
+#
+# For a unit direction v, the central difference (f(p + h v) - f(p - h v)) / 2h approximates the
+# directional derivative <grad f, v> with a truncation error h^2 |f'''| / 6 and a round-off error
+# of about eps64 |f| / h (eps64 = 2.2e-16, |f| ~ 3 for a cross-entropy over 23 tokens). Measured on
+# these models in float64: ~4e-8 at h = 1e-3 (so ~4e-12 of truncation at h = 1e-5), and at most
+# 5e-10 at h = 1e-5 (SGD) or h = 1e-6 (Adam at eps 1e-8), where round-off dominates. FD_TOL = 1e-8
+# is 20x the worst measured error and ~1e-6 of the derivatives (|<g, v>| ~ 2e-2 .. 8e-2). A
+# first-order WRITE (same forward values, second-order path cut) is off by 3e-3 .. 2e-2 in every
+# direction measured, 1e5 x FD_TOL: the check cannot pass with the second-order path cut.
+FD_TOL = 1e-8
+N_DIRECTIONS = 6
+
+
+def _unit_directions(params, n, seed=0):
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    v = [rng.standard_normal(x.shape) for x in leaves]
+    norm = np.sqrt(sum(float(np.sum(a * a)) for a in v))
+    out.append(jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a / norm, x.dtype)
+                                                      for a, x in zip(v, leaves)]))
+  return out
+
+
+def _fd_errors(value_and_grad, params, h, n=N_DIRECTIONS, grads=None):
+  """|central difference of the loss along v - <grads, v>| for n random unit directions v
+  (grads: the gradient returned by `value_and_grad` at params, unless given)."""
+  if grads is None:
+    grads = value_and_grad(params)[1]
+  grads = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
+  leaves, treedef = jax.tree_util.tree_flatten(jax.tree_util.tree_map(np.asarray, params))
+  errors = []
+  for v in _unit_directions(params, n):
+    v = [np.asarray(d) for d in jax.tree_util.tree_leaves(v)]
+    at = lambda t: jax.tree_util.tree_unflatten(treedef, [x + t * d for x, d in zip(leaves, v)])
+    fd = (float(value_and_grad(at(h))[0]) - float(value_and_grad(at(-h))[0])) / (2 * h)
+    analytic = sum(float(np.vdot(g, d)) for g, d in zip(grads, v))
+    errors.append(abs(fd - analytic))
+  return np.array(errors)
+
+
+def _with(method, **cfg):
+  return dataclasses.replace(method, cfg=dataclasses.replace(method.cfg, **cfg))
+
+
+NO_DROPOUT_GPT2 = dict(kind='gpt2', embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+# name: (memory config, model overrides, FD step h, inner_loss_weight)
+FD_CASES = {
+    'sgd_proj_ctrl_learned_lr': (dict(K=2, inner_lr=0.5, mem_proj='proj', num_ctrl=1,
+                                      learn_inner_lr='per_step'), {}, 1e-5, 0.5),
+    'adam_default_eps': (dict(K=2, inner_lr=0.05, inner_optimizer='adam'), {}, 1e-6, 0.0),
+    'per_sample_proj_clip_norm': (dict(K=2, inner_lr=0.5, mem_proj='per_sample', clip_norm=0.3),
+                                  {}, 1e-5, 0.0),
+    'gpt2_backbone': (dict(K=2, inner_lr=0.5, num_ctrl=1), NO_DROPOUT_GPT2, 1e-5, 0.5),
+}
+
+
+@pytest.mark.parametrize('case', sorted(FD_CASES))
+def test_meta_gradient_finite_differences_in_several_directions(x64, case):
+  mem, model, h, inner_w = FD_CASES[case]
+  method, params = tiny_method('float64', model=model, **mem)
+  if case == 'adam_default_eps':
+    assert method.cfg.adam_eps == 1e-8  # the default, not an eps that smooths Adam
+  batch = random_batch(b=2, s=5, q=4)
+  second = jax.jit(jax.value_and_grad(_loss_fn(method, batch, inner_loss_weight=inner_w)))
+  errors = _fd_errors(second, params, h)
+  assert errors.max() < FD_TOL, errors
+  # Negative control: the first-order WRITE computes the same loss, but its gradient misses the
+  # second-order terms: against the same finite differences it must fail, clearly, in every
+  # direction.
+  first = jax.jit(jax.value_and_grad(_loss_fn(_with(method, grad_mode='first'), batch,
+                                              inner_loss_weight=inner_w)))
+  loss_first, g_first = first(params)
+  np.testing.assert_allclose(float(loss_first), float(second(params)[0]), rtol=1e-14)
+  errors_first = _fd_errors(second, params, h, grads=g_first)
+  assert errors_first.min() > 1e3 * FD_TOL, errors_first
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,28 +235,65 @@ def _grad_norms(method, params, batch, **kw):
   return (float(jnp.linalg.norm(mem['mem_init'])), float(jnp.linalg.norm(mem['write_head'])), g)
 
 
-def test_grad_modes():
+def _reference_loss(method, params, batch, lr, modes):
+  """The READ loss after a WRITE written out step by step in Python: SGD on the sum of the
+  per-sample WRITE losses, with stop_gradient where each step's mode says ('first': the step's
+  gradient is a constant; 'none': the whole memory is a constant from that step on)."""
+  sg = jax.lax.stop_gradient
+  ctx, mask = batch['context'], batch['context_mask']
+  emb = method.backbone.embed(params['backbone'], ctx[:, :-1])
+  mem = jnp.broadcast_to(params['memory']['mem_init'],
+                         (ctx.shape[0],) + params['memory']['mem_init'].shape)
+  if modes and all(m == 'none' for m in modes):
+    mem = sg(mem)
+  for mode in modes:
+    inner = lambda mm: jnp.sum(method.write_loss(params, {'memory': mm}, emb, ctx, mask))
+    g = jax.grad(inner)(mem)
+    if mode != 'second':
+      g = sg(g)
+    mem = mem - lr * g
+    if mode == 'none':
+      mem = sg(mem)
+  logits = method.read_logits(params, {'memory': mem}, batch['qa'])
+  s = losses.read_metrics(logits, batch['qa'], batch['target_mask'])
+  return s['ce_sum'] / s['n_target']
+
+
+def test_grad_modes(x64):
+  # Each mode against an independent reference: the WRITE unrolled in Python with stop_gradient
+  # where the mode says (not the scan, the grouping of steps by mode, or config.step_modes).
+  # float64, inner_lr 0.5 (exact in float32, the dtype of the step sizes): agreement to 1e-10.
+  # One layer: the modes are about the inner loop, and each variant is a compilation.
   batch = random_batch(b=3, s=6)
-  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='none')
-  m0, wh, _ = _grad_norms(method, params, batch)
+  base, params = tiny_method('float64', model=dict(num_layers=1), K=2, inner_lr=0.5)
+  ref = {}
+  for modes in (('second', 'second'), ('first', 'first'), ('none', 'none'), ('first', 'second')):
+    ref[modes] = jax.jit(jax.grad(lambda p: _reference_loss(base, p, batch, 0.5, modes)))(params)
+  same = lambda g, modes: _allclose(g, ref[modes], atol=1e-12, rtol=1e-10)
+  m0, wh, g_none = _grad_norms(_with(base, grad_mode='none'), params, batch)
   assert m0 == 0.0 and wh == 0.0
-  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='first')
-  m0, wh, g_first = _grad_norms(method, params, batch)
+  same(g_none, ('none', 'none'))
+  m0, wh, g_first = _grad_norms(_with(base, grad_mode='first'), params, batch)
   assert m0 > 0.0 and wh == 0.0
-  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='second')
-  m0, wh, g_second = _grad_norms(method, params, batch)
+  same(g_first, ('first', 'first'))
+  m0, wh, g_second = _grad_norms(_with(base, grad_mode='second'), params, batch)
   assert m0 > 0.0 and wh > 0.0
-  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='second', last_k_second_order=0)
-  _, _, g_last0 = _grad_norms(method, params, batch)
-  _allclose(g_last0, g_first, atol=1e-7)
-  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='second', last_k_second_order=2)
-  _, _, g_last2 = _grad_norms(method, params, batch)
-  _allclose(g_last2, g_second, atol=1e-7)
-  # last_k = 1 is neither.
-  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='second', last_k_second_order=1)
-  _, _, g_last1 = _grad_norms(method, params, batch)
+  same(g_second, ('second', 'second'))
+  _, _, g_last0 = _grad_norms(_with(base, last_k_second_order=0), params, batch)
+  same(g_last0, ('first', 'first'))
+  _, _, g_last2 = _grad_norms(_with(base, last_k_second_order=2), params, batch)
+  same(g_last2, ('second', 'second'))
+  # last_k = 1: the first step first order, the last second order; neither of the two above.
+  _, _, g_last1 = _grad_norms(_with(base, last_k_second_order=1), params, batch)
+  same(g_last1, ('first', 'second'))
   diff = lambda a, b: float(jnp.abs(a['memory']['write_head'] - b['memory']['write_head']).max())
   assert diff(g_last1, g_second) > 1e-7 and diff(g_last1, g_first) > 1e-7
+  # The references differ from each other (so each comparison above tells the modes apart).
+  leaves = {k: jax.tree_util.tree_leaves(v) for k, v in ref.items()}
+  for a in ref:
+    for b in ref:
+      if a != b:
+        assert max(float(jnp.abs(x - y).max()) for x, y in zip(leaves[a], leaves[b])) > 1e-6
 
 
 def test_first_order_inner_loss_term_trains_write_head():
@@ -248,8 +366,132 @@ def test_dropout_draws_fresh_mask_per_inner_step():
   assert not np.allclose(t1['write_loss'], t_det['write_loss'])
 
 
+def _inner_grad_at_init(method, params, batch):
+  """The WRITE gradient at M0 [B, m, d], computed directly from the per-sample WRITE loss."""
+  ctx, mask = batch['context'], batch['context_mask']
+  emb = method.backbone.embed(params['backbone'], ctx[:, :-1])
+  m0 = jnp.broadcast_to(params['memory']['mem_init'],
+                        (ctx.shape[0],) + params['memory']['mem_init'].shape)
+  return m0, jax.grad(lambda m: jnp.sum(method.write_loss(params, {'memory': m}, emb, ctx,
+                                                          mask)))(m0)
+
+
+def test_clipped_steps_are_exactly_the_clipped_gradient(x64):
+  # One SGD step: M1 - M0 = -lr * clip(g). Checked value by value against g computed directly, so
+  # a clip that zeroes, rescales wrongly or ignores the step fails (not only an upper bound).
+  lr = 0.5
+  method, params = tiny_method('float64', K=1, inner_lr=lr)
+  batch = random_batch(b=3, s=6)
+  m0, g = jax.jit(lambda p: _inner_grad_at_init(method, p, batch))(params)
+  g = np.asarray(g)
+  norms = np.sqrt((g ** 2).reshape(3, -1).sum(1))
+  def step(**clip):
+    write = jax.jit(lambda p, c, m: _with(method, **clip).write(p, c, m)[0]['memory'])
+    return np.asarray(write(params, batch['context'], batch['context_mask']) - m0)
+  # Unclipped: the plain gradient step.
+  np.testing.assert_allclose(step(), -lr * g, rtol=1e-10, atol=1e-14)
+  # clip_norm below every sample's norm: each step has norm exactly lr * clip_norm, along -g.
+  c = 0.5 * norms.min()
+  delta = step(clip_norm=c)
+  np.testing.assert_allclose(delta, -lr * g * (c / norms)[:, None, None], rtol=1e-10, atol=1e-14)
+  np.testing.assert_allclose(np.sqrt((delta ** 2).reshape(3, -1).sum(1)), lr * c, rtol=1e-10)
+  # clip_norm between the samples' norms: only the samples above it are rescaled.
+  c = float(np.median(norms))
+  scale = np.minimum(1.0, c / norms)
+  assert (scale < 1).any() and (scale == 1).any()
+  np.testing.assert_allclose(step(clip_norm=c), -lr * g * scale[:, None, None], rtol=1e-10,
+                             atol=1e-14)
+  # clip_value at the median |g|: clipped entries are exactly +-lr * clip_value, the others as is.
+  v = float(np.median(np.abs(g)))
+  delta = step(clip_value=v)
+  np.testing.assert_allclose(delta, -lr * np.clip(g, -v, v), rtol=1e-10, atol=1e-14)
+  clipped = np.abs(g) > v
+  assert 0 < clipped.sum() < g.size
+  np.testing.assert_allclose(np.abs(delta[clipped]), lr * v, rtol=1e-10)
+
+
+@pytest.mark.parametrize('kind', ['embd_dropout', 'attn_dropout', 'resid_dropout'])
+def test_dropout_mask_is_fresh_at_each_inner_step(kind):
+  # With inner_lr = 0 every step sees the same memory, so the WRITE losses of step 0 and step 1
+  # differ only through dropout: equal with one reused mask, different with a fresh mask per step.
+  rates = dict(embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+  rates[kind] = 0.5
+  method, params = tiny_method(K=2, inner_lr=0.0, model=dict(kind='gpt2', **rates))
+  batch = random_batch(b=3, s=6)
+  write = jax.jit(lambda p, b, rng, det: method.write(p, b['context'], b['context_mask'], rng=rng,
+                                                      deterministic=det)[1]['write_loss'],
+                  static_argnums=3)
+  det = np.asarray(write(params, batch, jax.random.PRNGKey(0), True))
+  np.testing.assert_allclose(det[:, 0], det[:, 1], rtol=1e-6)  # the memory does not move
+  for seed in range(3):
+    wl = np.asarray(write(params, batch, jax.random.PRNGKey(seed), False))
+    # Differences of 1e-5 are 40 float32 ulps of a loss of ~3; those measured are 1e-4 .. 1e-2.
+    assert np.all(np.abs(wl[:, 0] - wl[:, 1]) > 1e-5), (seed, wl)  # a fresh mask per step
+    assert np.all(np.abs(wl - det) > 1e-5), (seed, wl, det)  # dropout is on at each step
+
+
+def test_bfloat16_compute_matches_float32():
+  # bf16 compute (float32 parameters, memory and losses) against float32 compute: same parameters
+  # and batches. bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2% per operation).
+  # Measured over 3 batches (relative norm of the difference): logits 0.41%, memory update 0.61%,
+  # WRITE losses 0.005%, outer loss at most 0.004%, meta-gradient at most 0.63%. The bounds below
+  # are 5x the largest measured (12x for the outer loss). A loss or softmax left in bf16 (0.2% of
+  # the loss), or an update lost to bf16 rounding, is far outside them.
+  from gradmem_jax.models import backbone_from_config
+  from tests.conftest import TINY_LLAMA
+  m32, params = tiny_method('float32', K=2, inner_lr=0.5)
+  m16 = build_method(backbone_from_config(dict(TINY_LLAMA, dtype='bfloat16',
+                                               param_dtype='float32')), m32.cfg)
+  rel = lambda a, b: float(jnp.linalg.norm(jnp.asarray(a, jnp.float32) - b) / jnp.linalg.norm(b))
+  flat = lambda g: jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)])
+  run = {m: jax.jit(lambda p, b, m=m: forward(m, p, b)) for m in (m16, m32)}
+
+  def loss(method, p, b):
+    return outer_loss(method, p, b, rng=None, train=False, n_target=jnp.sum(b['target_mask']),
+                      n_samples=b['context'].shape[0])[0]
+  meta = {m: jax.jit(jax.value_and_grad(functools.partial(loss, m))) for m in (m16, m32)}
+  for seed in range(3):
+    batch = random_batch(b=3, s=6, seed=seed)
+    (lg16, s16, st16), (lg32, s32, st32) = run[m16](params, batch), run[m32](params, batch)
+    assert s16['memory'].dtype == jnp.float32
+    assert rel(lg16, lg32) < 0.02
+    m0 = params['memory']['mem_init']
+    assert rel(s16['memory'] - m0, s32['memory'] - m0) < 0.03
+    assert rel(st16['write_loss'], st32['write_loss']) < 3e-4
+    (l16, g16), (l32, g32) = meta[m16](params, batch), meta[m32](params, batch)
+    assert abs(float(l16) - float(l32)) < 5e-4 * abs(float(l32))
+    assert rel(flat(g16), flat(g32)) < 0.03
+
+
 # ------------------------------------------------------------------------------------------------
 # READ, metrics, generation.
+
+
+def test_read_uses_the_projection_adapted_in_write():
+  # memory.mem_proj='per_sample': WRITE adapts each sample's projection along with its memory and
+  # READ must use the adapted one, P_b(M_b) = M_b W_b + c_b, not the initial (shared) one.
+  method, params = tiny_method(K=2, inner_lr=0.5, mem_proj='per_sample')
+  batch = random_batch(b=3, s=6)
+  state, _ = jax.jit(lambda p, b: method.write(p, b['context'], b['context_mask']))(params, batch)
+  init = params['memory']['mem_proj']
+  w, c = state['proj']['kernel'], state['proj']['bias']
+  assert w.shape == (3,) + init['kernel'].shape and c.shape == (3,) + init['bias'].shape
+  assert float(jnp.abs(w - init['kernel']).max()) > 1e-3  # WRITE did adapt it
+  assert float(jnp.abs(w[0] - w[1]).max()) > 1e-4  # per sample
+  read = jax.jit(lambda m, p, st, qa: m.read_logits(p, st, qa), static_argnums=0)
+  logits = read(method, params, state, batch['qa'])
+  # Reference: project by hand with the adapted projection and READ with no projection at all.
+  projected = jnp.einsum('bmd,bde->bme', state['memory'], w) + c[:, None, :]
+  plain = _with(method, mem_proj='none')
+  ref = read(plain, params, {'memory': projected}, batch['qa'])
+  np.testing.assert_allclose(logits, ref, atol=1e-5, rtol=1e-5)
+  # With the initial projection put back, READ changes: the adapted one is what it reads through.
+  initial = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (3,) + x.shape), init)
+  logits0 = read(method, params, dict(state, proj=initial), batch['qa'])
+  assert float(jnp.abs(logits - logits0).max()) > 1e-3
+  # The outer loss sees it too (forward = WRITE then READ).
+  fwd_logits, _, _ = forward(method, params, batch)
+  np.testing.assert_allclose(fwd_logits, logits, atol=1e-5, rtol=1e-5)
 
 
 def test_read_metrics_exact_match_and_ignored_ids():

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -23,18 +24,26 @@ class MetricsWriter:
 
   Only process 0 writes. On resume, rows after the restored step (written after the last
   checkpoint, before the crash) and a torn last line are dropped, so the file stays consistent
-  with the training state.
+  with the training state. The log is for reading and never stops a run: a line that cannot be
+  read (bytes that are not UTF-8, text that is not JSON, JSON that is not an object or has no
+  numeric step) is moved to metrics.jsonl.rejected with a warning, and a log that cannot be read
+  or written at all gives a warning, not an error.
   """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: Optional[int] = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
+    self._write_failed = False
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     if resume_step is not None and os.path.exists(self.path):
-      self._truncate_after(resume_step)
+      try:
+        self._truncate_after(resume_step)
+      except OSError as e:
+        _warn(f'{self.path}: could not drop the rows after step {resume_step} on resume ({e}); '
+              'appending to the file as it is')
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -42,17 +51,32 @@ class MetricsWriter:
       logging.warning('tensorboardX is not installed: no TensorBoard event files')
 
   def _truncate_after(self, step: int) -> None:
-    keep = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # torn line from a kill
-        if row.get('step', 0) <= step:
-          keep.append(json.dumps(row) + '\n')
+    with open(self.path, 'rb') as f:
+      lines = f.read().split(b'\n')
+    torn = lines.pop()  # after the last newline: b'' for a complete file, else a torn line
+    keep, rejected, bad = [], [], []
+    for n, raw in enumerate(lines, 1):
+      row, why = _parse_row(raw)
+      if why is None:
+        if row['step'] <= step:
+          keep.append(raw + b'\n')
+      elif raw.strip():
+        rejected.append(raw + b'\n')
+        bad.append(f'line {n} ({why})')
+    if torn.strip():
+      row, why = _parse_row(torn)
+      if why is None and row['step'] <= step:  # complete but for its newline
+        keep.append(torn + b'\n')
+      else:
+        logging.info('%s: dropped a torn last line (a run killed while writing)', self.path)
+    if rejected:
+      with open(self.path + '.rejected', 'ab') as f:
+        f.writelines(rejected)
+      more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+      _warn(f'{self.path}: {len(bad)} unreadable line(s) skipped on resume: '
+            f'{", ".join(bad[:5])}{more}; they are kept in {self.path}.rejected')
     tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
+    with open(tmp, 'wb') as f:
       f.writelines(keep)
     os.replace(tmp, self.path)
 
@@ -66,8 +90,13 @@ class MetricsWriter:
       else:
         s = _scalar(v)
         row[k] = s if s is not None else (v if isinstance(v, str) else None)
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    try:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+    except (OSError, TypeError, ValueError) as e:
+      if not self._write_failed:  # once: a full disk would repeat it every step
+        _warn(f'{self.path}: could not append the metrics of step {step} ({e}); training goes on')
+      self._write_failed = True
     if self._tb is not None:
       for k, v in row.items():
         if k in ('step', 'time'):
@@ -86,6 +115,36 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+_JSON_KINDS = {list: 'a JSON array', str: 'a JSON string', int: 'a JSON number',
+               float: 'a JSON number', bool: 'a JSON boolean', type(None): 'JSON null'}
+
+
+def _parse_row(raw: bytes) -> tuple[Any, Optional[str]]:
+  """(row, None) for a metrics row (a JSON object with a numeric step), else (None, why not)."""
+  try:
+    row = json.loads(raw.decode('utf-8'))
+  except UnicodeDecodeError:
+    return None, 'not UTF-8'
+  except ValueError:
+    return None, 'not JSON'
+  if not isinstance(row, dict):
+    return None, f'{_JSON_KINDS.get(type(row), type(row).__name__)}, not an object'
+  s = row.get('step')
+  if isinstance(s, bool) or not isinstance(s, (int, float)):
+    return None, 'no numeric "step"'
+  return row, None
+
+
+def _warn(msg: str) -> None:
+  """A warning that is seen whatever the absl verbosity (and recorded in the absl log)."""
+  warnings.warn(msg, MetricsLogWarning, stacklevel=3)
+  logging.warning('%s', msg)
+
+
+class MetricsLogWarning(UserWarning):
+  """metrics.jsonl could not be read or written as expected (the run goes on)."""
 
 
 def format_duration(seconds: float) -> str:
