@@ -2,7 +2,7 @@ r"""Evaluate a trained run with any number of WRITE steps (test-time K extrapola
 evaluators.
 
   python -m experiments.evaluate --workdir=/tmp/kv_run --K_eval=0,1,2,4,8,16 \
-      [--overrides=data.n_val=2000] [--checkpoint=/tmp/kv_run/best] \
+      [--overrides=data.n_val=2000] [--checkpoint=/tmp/kv_run/best] [--step=N|best|latest] \
       [--evaluators=teacher_forced,generate]
 
 Prints a table of EM, token accuracy and WRITE loss (at M_K) by K_eval (plus the generation
@@ -25,6 +25,9 @@ _OVERRIDES = flags.DEFINE_string('overrides', '', 'Config overrides key=value,..
                                  "the run's aliases, e.g. data.n_val=200).")
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None,
                                   'Checkpoint directory (default: the best, else the latest).')
+_STEP = flags.DEFINE_string('step', None, "Which checkpoint of the workdir (or of --checkpoint): a "
+                            "step number (a kept checkpoint of checkpoints/ or best/), 'best' or "
+                            "'latest' (default: the best, else the latest).")
 _EVALUATORS = flags.DEFINE_list('evaluators', None, 'Evaluators (default: the run\'s '
                                 'eval.evaluators): teacher_forced, generate.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the workdir).')
@@ -38,7 +41,7 @@ def main(argv):
   out = _OUT.value or _WORKDIR.value
   rows = evaluate.evaluate_run(_WORKDIR.value, [int(k) for k in _K_EVAL.value], _OVERRIDES.value,
                                _CHECKPOINT.value, evaluators=_EVALUATORS.value,
-                               predictions_dir=out)
+                               predictions_dir=out, step=_STEP.value)
   columns = list(COLUMNS) + [k for k in rows[0] if k.startswith('gen_')]
   os.makedirs(out, exist_ok=True)
   table = report.markdown_table(rows, columns)

@@ -12,6 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import kv_retrieval
@@ -44,6 +45,11 @@ def _losses(workdir):
           if 'loss' in json.loads(l)]
 
 
+def _grad_norms(workdir):
+  return [json.loads(l)['grad_norm'] for l in open(os.path.join(workdir, 'metrics.jsonl'))
+          if 'loss' in json.loads(l)]
+
+
 def _params(workdir, arg=ARG):
   exp = build_experiment(kv_retrieval.get_config(arg))
   abstract, _ = abstract_state(exp)
@@ -62,6 +68,11 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(tmp_path):
   assert 'devices=4' in outs[1] and 'devices=4' in outs[2]
   np.testing.assert_allclose(_losses(four), _losses(one), rtol=1e-5)
   np.testing.assert_allclose(_losses(fsdp), _losses(one), rtol=1e-5)
+  # The gradient itself (its global norm, every step from the first, at lr 0, on): AdamW ignores
+  # the gradient's scale, so params alone would not show a gradient off by the device count.
+  assert len(_grad_norms(one)) == 4
+  np.testing.assert_allclose(_grad_norms(four), _grad_norms(one), rtol=1e-5)
+  np.testing.assert_allclose(_grad_norms(fsdp), _grad_norms(one), rtol=1e-5)
   p1 = _params(one)
   _assert_close(_params(four), p1, rtol=1e-5, atol=1e-6)
   _assert_close(_params(fsdp), p1, rtol=1e-5, atol=1e-6)
@@ -157,15 +168,24 @@ def test_bfloat16_compute_keeps_float32_params_and_memory():
 
 @pytest.mark.parametrize('policy', ['full', 'dots'])
 def test_remat_policies_do_not_change_the_step(policy):
-  base = kv_retrieval.get_config('tiny')
+  """Gradients (via their norm, every step) and params after 4 steps, 2 of them past the 2-step
+  warmup (the first step runs at lr 0, so one step would compare the initial params)."""
   outs = []
   for inner, model in (('none', 'none'), (policy, policy)):
-    config = kv_retrieval.get_config('tiny')
+    config = kv_retrieval.get_config('tiny,K=2')
     config.memory.inner_remat, config.model.remat = inner, model
     exp = build_experiment(config)
     state = init_state(exp, jax.random.PRNGKey(0))
-    batch = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(8))[1].items()}
-    state, m = jax.jit(make_train_step(exp))(state, batch, jax.random.PRNGKey(1))
-    outs.append(state['params'])
-  del base
-  _assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    it = exp.task.train_batches(8)
+    step = jax.jit(make_train_step(exp))
+    norms = []
+    for _ in range(4):
+      batch = {k: jnp.asarray(v) for k, v in next(it)[1].items()}
+      state, m = step(state, batch, jax.random.PRNGKey(1))
+      norms.append(float(m['grad_norm']))
+    outs.append((state['params'], norms))
+  (p0, n0), (p1, n1) = outs
+  assert float(optax.global_norm(jax.tree_util.tree_map(jnp.subtract, p0, init_state(
+      exp, jax.random.PRNGKey(0))['params']))) > 1e-4  # the params did move
+  np.testing.assert_allclose(n1, n0, rtol=1e-5)
+  _assert_close(p1, p0, rtol=1e-5, atol=1e-6)

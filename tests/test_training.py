@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from configs import kv_retrieval
+from gradmem_jax import report, sweeps
 from gradmem_jax.training import build_experiment, train_and_evaluate
+from gradmem_jax.training import evaluate as evaluate_lib
 from gradmem_jax.training.checkpoint import load_params
 from gradmem_jax.training import abstract_state
 
@@ -40,9 +42,29 @@ def test_train_and_evaluate_smoke(tmp_path):
   saved = json.load(open(tmp_path / 'results.json'))
   assert saved['final']['token_acc'] >= 0 and saved['memory_floats'] == 2 * 16
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  # evaluate can pick a kept checkpoint by step.
+  rows = evaluate_lib.evaluate_run(str(tmp_path), [1], step='3')
+  assert rows[0]['checkpoint_step'] == 3
   # Rerunning a finished workdir does not train again.
   again = train_and_evaluate(config, str(tmp_path))
   assert again['steps'] == 6 and again['stop_reason'] == 'already finished'
+
+
+def _state(workdir, config):
+  """(state, meta) of the latest resumable checkpoint: params, optimizer state and step."""
+  from gradmem_jax.training.checkpoint import Checkpointer
+  exp = build_experiment(config)
+  abstract, _ = abstract_state(exp)
+  ck = Checkpointer(str(workdir), 2)
+  try:
+    return ck.restore_latest(abstract)
+  finally:
+    ck.close()
+
+
+def _loss_history(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [(r['step'], r['loss'], r['grad_norm']) for r in rows if 'loss' in r]
 
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
@@ -75,11 +97,16 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
   resumed = train_and_evaluate(config, str(killed))
   assert resumed['steps'] == 24
   train_and_evaluate(config, str(clean))
-  p_resumed, m1 = _params(killed, config)
-  p_clean, m2 = _params(clean, config)
+  # Bit for bit: params, optimizer state (moments, counts), step, data position, loss history
+  # (the step rng is a function of (seed, step) and every batch a function of its index).
+  (s_resumed, m1), (s_clean, m2) = _state(killed, config), _state(clean, config)
   assert m1['data_index'] == m2['data_index'] == 24 * config.optim.batch_size
-  for a, b in zip(jax.tree_util.tree_leaves(p_resumed), jax.tree_util.tree_leaves(p_clean)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert int(s_resumed['step']) == int(s_clean['step']) == 24
+  la, lb = jax.tree_util.tree_leaves_with_path(s_resumed), jax.tree_util.tree_leaves(s_clean)
+  assert len(la) == len(lb)
+  for (path, a), b in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+  assert _loss_history(killed) == _loss_history(clean)
   steps = [json.loads(l)['step'] for l in open(killed / 'metrics.jsonl')
            if 'loss' in json.loads(l)]
   assert steps == sorted(set(steps)) == list(range(1, 25))  # no duplicated or torn rows
@@ -107,6 +134,14 @@ def test_init_from_mismatched_model_errors(tmp_path):
   config.train.init_from = str(src)
   with pytest.raises(ValueError, match='mem_init'):
     train_and_evaluate(config, str(tmp_path / 'dst'))
+  # Resuming the workdir itself with another model size fails too, and leaves the run's own
+  # config.json as it was (evaluate reads it).
+  before = (src / 'config.json').read_text()
+  with pytest.raises(ValueError, match='mem_init'):
+    train_and_evaluate(kv_retrieval.get_config('tiny,m=3,max_steps=6'), str(src))
+  assert (src / 'config.json').read_text() == before
+  assert json.loads(before)['memory']['num_memory'] == 2
+  assert not (src / 'config.prev.json').exists()
 
 
 @pytest.mark.parametrize('arg,match', [
@@ -143,3 +178,54 @@ def test_command_line_runs_and_rejects_bad_override(tmp_path):
 def test_object_store_workdir_is_refused_with_a_clear_error():
   with pytest.raises(ValueError, match='workdir=.gs://bucket/run.*FUSE'):
     train_and_evaluate(kv_retrieval.get_config('tiny'), 'gs://bucket/run')
+
+
+def test_help_lists_config_workdir_presets_and_aliases():
+  out = subprocess.run([sys.executable, '-m', 'experiments.kv_retrieval', '--help'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  text = out.stdout + out.stderr
+  for word in ('--config', '--workdir', 'tiny', 'paper_n16', 'first_order', 'inner_lr=memory.inner_lr',
+               'steps=train.max_steps'):
+    assert word in text, word
+
+
+def test_evaluate_step_resolves_kept_checkpoints(tmp_path):
+  for d in ('checkpoints/3', 'checkpoints/6', 'best/6'):
+    (tmp_path / d).mkdir(parents=True)
+  wd = str(tmp_path)
+  r = lambda *a: evaluate_lib.resolve_checkpoint(wd, *a)
+  assert r(None, None) == wd
+  assert r(None, '3') == os.path.join(wd, 'checkpoints', '3')
+  assert r(None, 'best') == os.path.join(wd, 'best')
+  assert r(None, 'latest') == os.path.join(wd, 'checkpoints')
+  assert r(os.path.join(wd, 'best'), '6') == os.path.join(wd, 'best', '6')
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 4 .*'checkpoints': \[3, 6\]"):
+    r(None, '4')
+  with pytest.raises(ValueError, match='--step'):
+    r(None, 'newest')
+
+
+def test_report_prints_a_dash_for_the_std_of_one_seed():
+  run = lambda seed, em: {'method': 'gradmem', 'K': 1, 'seed': seed, 'steps': 6,
+                          'wall_time_s': 60.0, 'identity_fields': ['method', 'K'],
+                          'best': {'em': em, 'token_acc': em}}
+  one = report.aggregate([run(0, 0.5)])
+  assert one[0]['em_std'] is None
+  table = report.markdown_table(one, ['method', 'seeds', 'em_mean', 'em_std'])
+  assert table.splitlines()[-1] == '| gradmem | 1 | 50.00 | - |'
+  two = report.aggregate([run(0, 0.5), run(1, 0.7)])
+  table = report.markdown_table(two, ['method', 'seeds', 'em_mean', 'em_std'])
+  assert table.splitlines()[-1] == '| gradmem | 2 | 60.00 | 10.00 |'
+
+
+@pytest.mark.parametrize('steps', [6, 7])
+def test_user_config_args_beat_the_sweep_base(steps):
+  """The cpu sweeps' base says max_steps=2000; the user's `:tiny,steps=N` must win."""
+  sweep = sweeps.load_sweep(f'{ROOT}/configs/sweeps/k_steps.py:cpu')
+  assert 'max_steps=2000' in sweep.base
+  spec = f'{ROOT}/configs/kv_retrieval.py:tiny,steps={steps}'
+  sweeps.validate_points(spec, sweep)
+  for point in sweep.points:
+    c = kv_retrieval.get_config(sweeps.config_arg(spec, sweep, point).partition(':')[2])
+    assert c.train.max_steps == steps and c.memory.K == point['K']
+    assert c.model.hidden_size == 16 and c.train.eval_every == 500  # tiny, then the base's rest

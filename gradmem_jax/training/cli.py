@@ -2,18 +2,47 @@
 `--workdir` (a temporary one when none is given), and a clean multi-process exit.
 
 experiments/<task>.py is `cli.run('configs/<task>.py')`; experiments/train.py takes any config.
+
+Quiet by default: absl/orbax INFO logs are hidden (warnings and errors only) so the progress line
+stays readable; `--verbosity=0` shows the INFO logs, `--verbosity=1` debug logs too.
+A run stopped by non-finite values (train.on_nonfinite) prints why and exits with status 3.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
 from typing import Optional
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from gradmem_jax.training.mesh import finish_distributed
-from gradmem_jax.training.train import train_and_evaluate
+from gradmem_jax.training.train import NonFiniteError, train_and_evaluate
+
+NONFINITE_EXIT = 3
+
+
+def config_file_help(path: Optional[str]) -> str:
+  """The presets and aliases of a config file (its PRESETS and ALIASES), for --help."""
+  if not path or not os.path.exists(path):
+    return ''
+  try:
+    spec = importlib.util.spec_from_file_location('_gradmem_config_help', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+  except Exception as e:  # noqa: BLE001 - help must not fail
+    return f' (could not read its presets: {e})'
+  out = ''
+  presets = getattr(mod, 'PRESETS', None)
+  if presets:
+    out += f' Presets of {os.path.basename(path)}: {", ".join(presets)}.'
+  aliases = getattr(mod, 'ALIASES', None)
+  if aliases:
+    out += ' Aliases: ' + ', '.join(f'{k}={v}' for k, v in aliases.items()) + '.'
+  return out
 
 
 def run(default_config: Optional[str]) -> None:
@@ -23,21 +52,33 @@ def run(default_config: Optional[str]) -> None:
     default_config = os.path.join(root, default_config)
   config = config_flags.DEFINE_config_file(
       'config', default_config, 'Experiment config file[:presets,overrides], e.g. '
-      'configs/<task>.py:preset,key=value (presets and keys are listed in the file and in '
-      'WORKSPACE.md).', lock_config=True)
+      'configs/<task>.py:preset,key=value (a key is a dotted path or an alias; presets apply in '
+      'order; --config.section.key=value also works).' + config_file_help(default_config),
+      lock_config=True)
   workdir = flags.DEFINE_string('workdir', None,
                                 'Output directory (checkpoints, metrics, results); rerun with the '
-                                'same one to resume.')
+                                'same one to resume. The console shows progress lines only; '
+                                '--verbosity=0 adds the absl/orbax INFO logs.')
   if default_config is None:
     flags.mark_flag_as_required('config')
+  # absl's --help lists the main module's flags (keyed by sys.argv[0]): list these there too.
+  for name in ('config', 'workdir'):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
   def main(argv):
+    if not flags.FLAGS['verbosity'].present:  # absl would switch to INFO after parsing
+      absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     wd = workdir.value or tempfile.mkdtemp(prefix='gradmem_')
     if not workdir.value:
       print(f'no --workdir given: writing to {wd}', flush=True)
-    train_and_evaluate(config.value, wd)
+    try:
+      train_and_evaluate(config.value, wd)
+    except NonFiniteError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      finish_distributed()
+      sys.exit(NONFINITE_EXIT)
     finish_distributed()
 
   app.run(main)

@@ -31,15 +31,52 @@ def load_run_config(workdir: str, overrides: Optional[str] = None) -> ml_collect
   return config
 
 
+def _steps_in(directory: str) -> list[int]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def resolve_checkpoint(workdir: str, checkpoint: Optional[str] = None,
+                       step: Optional[str] = None) -> str:
+  """The checkpoint path to evaluate. `checkpoint`: a workdir, `<workdir>/best`,
+  `<workdir>/checkpoints` or one step directory (default: `workdir`). `step`: None (the best,
+  else the latest), 'best', 'latest', or a step number (a kept resumable checkpoint, else the best
+  checkpoint if it is that step)."""
+  base = os.path.abspath(checkpoint or workdir)
+  if step is None or str(step) == '':
+    return base
+  step = str(step).strip()
+  name = os.path.basename(base)
+  if name in ('best', 'checkpoints'):
+    managers = {name: base}
+  else:
+    managers = {m: os.path.join(base, m) for m in ('checkpoints', 'best')}
+  if step in ('best', 'latest'):
+    which = 'best' if step == 'best' else 'checkpoints'
+    if which not in managers or not _steps_in(managers[which]):
+      raise FileNotFoundError(f'--step={step}: no checkpoint under {managers.get(which, base)}')
+    return managers[which]
+  if not step.isdigit():
+    raise ValueError(f"--step={step!r}: expected a step number, 'best' or 'latest'")
+  for directory in managers.values():
+    if int(step) in _steps_in(directory):
+      return os.path.join(directory, step)
+  available = {m: _steps_in(d) for m, d in managers.items()}
+  raise FileNotFoundError(f'--step={step}: no checkpoint of step {step} under {base} '
+                          f'(kept: {available})')
+
+
 def evaluate_run(workdir: str, K_list: Sequence[int], overrides: Optional[str] = None,
                  checkpoint: Optional[str] = None, evaluators: Optional[Sequence[str]] = None,
-                 predictions_dir: Optional[str] = None) -> list[dict]:
+                 predictions_dir: Optional[str] = None, step: Optional[str] = None) -> list[dict]:
   """One row per K_eval: the run's identity, K_eval, every evaluator's metrics and the WRITE loss
-  at M_K. Methods without test-time K evaluate once with their own K."""
+  at M_K. Methods without test-time K evaluate once with their own K. `checkpoint` and `step`
+  pick the parameters (resolve_checkpoint)."""
   config = load_run_config(workdir, overrides)
   exp = build_experiment(config)
   abstract, _ = abstract_state(exp)
-  params, meta = load_params(checkpoint or workdir, abstract['params'])
+  params, meta = load_params(resolve_checkpoint(workdir, checkpoint, step), abstract['params'])
   evs = build_evaluators(exp, evaluators)
   if not exp.method.capabilities.k_extrapolation:
     K_list = [exp.mem_cfg.K]

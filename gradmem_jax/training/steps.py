@@ -1,5 +1,13 @@
 """Jitted steps: `train_step(state, batch, rng) -> (state, metrics)` (micro-batched gradient
-accumulation, metrics computed inside the step) and `eval_step(params, batch) -> sums`."""
+accumulation, metrics computed inside the step) and `eval_step(params, batch) -> sums`.
+
+Every train step also returns `metrics['finite']`, one small boolean vector (the host reads it
+every step): per inner step k the WRITE loss and the inner gradient norm, then the written
+memory's norm |M_K|, the outer loss, the global gradient norm and the updated state (params and
+optimizer state), in the order they are computed; `train_step.finite_names` names its entries
+(filled when the step is traced). With `guard=True` a step with any non-finite entry returns its
+input state unchanged (`where(ok, new, old)`: bit-identical to the unguarded step when finite).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -29,8 +37,39 @@ def _split_micro(batch: dict, n_micro: int, mesh) -> dict:
   return jax.tree_util.tree_map(split, batch)
 
 
-def make_train_step(exp: Experiment):
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  ok = jnp.bool_(True)
+  for x in leaves:
+    ok = ok & jnp.all(jnp.isfinite(x))
+  return ok
+
+
+def finite_flags(loss, grad_norm, sums: dict, new_state) -> tuple[jax.Array, list[str]]:
+  """-> (bool vector, its names) in computation order (see the module docstring)."""
+  parts, names = [], []
+  wl, gn = sums.get('inner/write_loss'), sums.get('inner/grad_norm')
+  if wl is not None and gn is not None and wl.ndim == 1 and wl.shape == gn.shape:
+    parts.append(jnp.stack([jnp.isfinite(wl), jnp.isfinite(gn)], axis=1).reshape(-1))
+    for k in range(wl.shape[0]):
+      names += [f'write_loss[{k}]', f'inner_grad_norm[{k}]']
+  if 'inner/mem_norm' in sums:
+    parts.append(jnp.isfinite(sums['inner/mem_norm']).reshape(1))
+    names.append('mem_norm')
+  parts += [jnp.isfinite(loss).reshape(1), jnp.isfinite(grad_norm).reshape(1),
+            _all_finite(new_state).reshape(1)]
+  names += ['loss', 'grad_norm', 'state']
+  return jnp.concatenate(parts), names
+
+
+def make_train_step(exp: Experiment, guard: Optional[bool] = None):
+  """guard (default: train.on_nonfinite in ('stop', 'skip')): a non-finite step leaves the state
+  unchanged."""
   cfg = exp.config
+  if guard is None:
+    guard = str(cfg.train.get('on_nonfinite', 'stop')) in ('stop', 'skip')
+  names: list[str] = []
   method, optimizer = exp.method, exp.optimizer
   lam = float(cfg.memory.inner_loss_weight)
   ignore = exp.task.ignore_ids
@@ -67,12 +106,21 @@ def make_train_step(exp: Experiment):
       ((loss, sums), grads), _ = jax.lax.scan(body, zeros, (mbatches, rngs))
     updates, opt_state = optimizer.update(grads, state['opt_state'], params)
     new_params = optax.apply_updates(params, updates)
-    metrics = {'loss': loss, 'grad_norm': _tree_norm(grads),
+    grad_norm = _tree_norm(grads)
+    metrics = {'loss': loss, 'grad_norm': grad_norm,
                'param_norm': _tree_norm(new_params), 'lr': schedule(state['step'])}
     metrics.update(sums)
     new_state = {'step': state['step'] + 1, 'params': new_params, 'opt_state': opt_state}
+    flags, step_names = finite_flags(loss, grad_norm, sums,
+                                     {'params': new_params, 'opt_state': opt_state})
+    names[:] = step_names
+    metrics['finite'] = flags
+    if guard:
+      ok = jnp.all(flags)
+      new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
     return new_state, metrics
 
+  train_step.finite_names = names
   return train_step
 
 

@@ -4,6 +4,14 @@ Read top to bottom: set up the run, restore or initialise the train state (resum
 pretrained, fresh: in that order), train with periodic evaluation and checkpoints, then evaluate
 the final parameters and write results.json. The step rng is derived from (seed, step) and the
 data position is one integer, so a resumed run continues bit for bit.
+
+Non-finite values: every step returns a small vector of finiteness flags (steps.py), read on the
+host every step. `train.on_nonfinite` decides: 'stop' (default; the update is not applied, the last
+good state is checkpointed, the batch's sample indices go to <workdir>/nonfinite_step_<n>.json and
+NonFiniteError names the step, the quantity that went non-finite first and the checkpoint to
+replay from), 'skip' (the update is dropped and counted; NonFiniteError after `train.max_skips`
+in a row) or 'ignore'. A non-finite state is never checkpointed. `train.debug_nans` turns on
+jax_debug_nans (for replaying a step).
 """
 from __future__ import annotations
 
@@ -73,6 +81,23 @@ class Prefetcher:
 # Setting up, restoring or initialising.
 
 
+ON_NONFINITE = ('stop', 'skip', 'ignore')
+
+
+class NonFiniteError(FloatingPointError):
+  """Training stopped on non-finite values (train.on_nonfinite='stop', or too many skips)."""
+
+
+def _describe_flag(name: str, K: int) -> str:
+  if name.startswith('write_loss['):
+    return f'the WRITE loss at inner step k={name[11:-1]} (of K={K})'
+  if name.startswith('inner_grad_norm['):
+    return f'the inner (WRITE) gradient norm at inner step k={name[16:-1]} (of K={K})'
+  return {'mem_norm': 'the written memory norm |M_K|', 'loss': 'the outer loss',
+          'grad_norm': 'the global gradient norm',
+          'state': 'the updated parameters / optimizer state'}.get(name, name)
+
+
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config.to_json_best_effort())
@@ -129,6 +154,11 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
   return state, _fresh_meta(), False
 
 
+def _state_is_finite(state) -> bool:
+  return all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(_host(state))
+             if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
 # ------------------------------------------------------------------------------------------------
 # The run.
 
@@ -144,9 +174,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = exp.config
   is_main = jax.process_index() == 0
   say = (lambda s: print(s, flush=True)) if is_main else (lambda s: None)
+  policy = str(cfg.train.get('on_nonfinite', 'stop'))
+  if policy not in ON_NONFINITE:
+    raise ValueError(f'train.on_nonfinite={policy!r}: expected one of {ON_NONFINITE}')
+  max_skips = int(cfg.train.get('max_skips', 10))
+  debug_nans_was = jax.config.jax_debug_nans
+  if cfg.train.get('debug_nans', False):
+    jax.config.update('jax_debug_nans', True)
+    say('jax_debug_nans is on: the first operation that produces a NaN raises (slow)')
   os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    _write_config(workdir, cfg)
   max_steps = int(cfg.train.max_steps)
   ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
   abstract, shardings = abstract_state(exp)
@@ -154,6 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- Restore or initialise (resume, init_from, pretrained, fresh).
   t_start = time.perf_counter()
   state, meta, resumed = restore_or_init(exp, ckpt, abstract, shardings, say)
+  if is_main:  # only now: a workdir that cannot be resumed keeps its own config.json
+    _write_config(workdir, cfg)
   start_step = int(state['step'])
   elapsed_before = float(meta.get('elapsed_s', 0.0))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step if resumed else None)
@@ -161,14 +199,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tf_eval = evaluators['teacher_forced']
   eval_K = None if cfg.eval.K < 0 else int(cfg.eval.K)
   b_shard = mesh_lib.batch_sharding(exp.mesh)
-  train_step = jax.jit(make_train_step(exp),
+  step_fn = make_train_step(exp, guard=policy in ('stop', 'skip'))
+  train_step = jax.jit(step_fn,
                        in_shardings=(shardings, {k: b_shard for k in BATCH_SPEC},
                                      mesh_lib.replicated(exp.mesh)),
                        out_shardings=(shardings, None), donate_argnums=(0,))
   data = Prefetcher(exp.task.train_batches(cfg.optim.batch_size, int(meta['data_index']),
                                            jax.process_index(), jax.process_count()))
   base_rng = jax.random.PRNGKey(cfg.seed + 1)
-  progress = Progress(max_steps, cfg.train.log_every_s, start_step, enabled=is_main)
+  progress = None  # started after the first step, so that compile time is not in the ETA
   say(f'workdir {workdir}: {exp.mem_cfg.method} K={exp.mem_cfg.K} on {exp.task.summary};'
       f' devices={exp.mesh.size} steps {start_step}->{max_steps}')
 
@@ -178,26 +217,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop_reason = 'max_steps' if step < max_steps else 'already finished'
   log_every = max(1, min(50, int(cfg.train.eval_every)))
 
+  state_finite = True  # of `state` (always, unless on_nonfinite='ignore')
+  skips_in_a_row = 0
+  meta.setdefault('skipped_steps', 0)
+  global_batch = int(cfg.optim.batch_size)
+
   def checkpoint():
+    if not state_finite:
+      say(f'  step {step}: the state is not finite: checkpoint not saved '
+          f'(latest: step {ckpt.latest_step()})')
+      return
     meta['elapsed_s'] = elapsed_before + time.perf_counter() - t_start
     ckpt.save(step, state, _jsonable(meta))
+
+  def nonfinite_stop(flags, index, why):
+    """`state` is the last good state (the guarded step returned it unchanged)."""
+    bad = [n for n, ok in zip(step_fn.finite_names, flags) if not ok]
+    if ckpt.latest_step() != step and _state_is_finite(state):
+      checkpoint()
+    ckpt.wait()
+    good = ckpt.latest_step()
+    good_dir = (os.path.join(os.path.abspath(workdir), 'checkpoints', str(good))
+                if good is not None else None)
+    lo = index - global_batch
+    record = {'step': step + 1, 'state_step': step, 'policy': policy, 'reason': why,
+              'first_nonfinite': bad[0], 'nonfinite': bad,
+              'flags': {n: bool(f) for n, f in zip(step_fn.finite_names, flags)},
+              'data_index_start': lo, 'data_index_end': index,
+              'sample_indices': list(range(lo, index)),
+              'step_rng': f'fold_in(PRNGKey(seed + 1) = PRNGKey({int(cfg.seed) + 1}), {step})',
+              'last_good_checkpoint': good_dir, 'last_good_step': good}
+    path = os.path.join(os.path.abspath(workdir), f'nonfinite_step_{step + 1}.json')
+    if is_main:
+      _write_json(path, record)
+    also = f' (then also: {", ".join(bad[1:])})' if len(bad) > 1 else ''
+    where = (f'last good checkpoint: {good_dir} (step {good})' if good is not None else
+             'no checkpoint was saved')
+    raise NonFiniteError(
+        f'non-finite values at step {step + 1} ({why}): {_describe_flag(bad[0], exp.mem_cfg.K)} '
+        f'went non-finite first{also}. The update was not applied and no non-finite state was '
+        f'saved; {where}. The batch (training samples {lo}..{index - 1}) is recorded in {path}; '
+        'rerun the same command with --config.train.debug_nans=True to replay the step from the '
+        'last good checkpoint under jax_debug_nans.')
 
   try:
     while step < max_steps:
       index, local = next(data)
       state, metrics = train_step(state, mesh_lib.global_batch(local, exp.mesh), base_rng)
+      flags = np.asarray(_host(metrics['finite']))  # every step: a few bytes
+      if not flags.all():
+        if policy == 'stop':
+          nonfinite_stop(flags, index, "train.on_nonfinite='stop'")
+        elif policy == 'skip':
+          skips_in_a_row += 1
+          meta['skipped_steps'] += 1
+          meta['data_index'] = index  # the batch is consumed; the state is unchanged
+          first = [n for n, ok in zip(step_fn.finite_names, flags) if not ok][0]
+          say(f'  step {step + 1}: {_describe_flag(first, exp.mem_cfg.K)} is not finite: '
+              f'update skipped ({skips_in_a_row} in a row, {meta["skipped_steps"]} in all)')
+          if skips_in_a_row >= max_skips:
+            meta['data_index'] = index - global_batch  # a resume replays the last skipped batch
+            nonfinite_stop(flags, index, f"train.on_nonfinite='skip': {skips_in_a_row} non-finite "
+                           f'steps in a row (train.max_skips={max_skips})')
+          continue
+        else:  # 'ignore'
+          was = state_finite
+          state_finite = bool(flags[step_fn.finite_names.index('state')])
+          if was:
+            names = [n for n, ok in zip(step_fn.finite_names, flags) if not ok]
+            say(f'  step {step + 1}: non-finite {", ".join(names)} '
+                "(train.on_nonfinite='ignore': training goes on; non-finite states are not "
+                'checkpointed)')
+      else:
+        skips_in_a_row = 0
+        state_finite = True
       step += 1
       meta['data_index'] = index
-      if step % log_every == 0 or step == max_steps or progress.every_s == 0:
+      if step % log_every == 0 or step == max_steps or cfg.train.log_every_s == 0:
         last_loss = _log_train(writer, step, _host(metrics))
-      progress.maybe_report(step, last_loss, meta['last_em'])
+      if progress is None:
+        progress = Progress(max_steps, cfg.train.log_every_s, step, enabled=is_main)
+      else:
+        progress.maybe_report(step, last_loss, meta['last_em'])
       stop_now = False
       if step % cfg.train.eval_every == 0 or step == max_steps:
         ev = tf_eval(state['params'], eval_K)
         meta['last_em'] = ev.get('em')
         writer.write(step, {f'val/{k}': v for k, v in ev.items()})
         say(_eval_line(step, ev))
-        if ev.get('token_acc', 0.0) > meta['best_token_acc']:
+        if state_finite and ev.get('token_acc', 0.0) > meta['best_token_acc']:
           meta.update(best_token_acc=ev['token_acc'], best_step=step, best=ev)
           ckpt.save_best(step, state['params'], {'step': step, **_jsonable(ev)})
         if cfg.train.target_em and ev.get('em', 0.0) >= cfg.train.target_em - 1e-9:
@@ -211,8 +319,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
     if ckpt.latest_step() != step:  # the final state is always resumable/loadable
       checkpoint()
+  except NonFiniteError:
+    ckpt.close()
+    writer.close()
+    raise
   finally:
     data.close()
+    jax.config.update('jax_debug_nans', debug_nans_was)
     ckpt.wait()
     writer.flush()
   session_s = time.perf_counter() - t_start
@@ -231,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'best_step': meta.get('best_step'),
       'best': _jsonable(meta.get('best') or final_eval), 'final': _jsonable(final_eval),
       'seed': int(cfg.seed), 'devices': exp.mesh.size,
+      'skipped_steps': int(meta.get('skipped_steps', 0)),
       'params_checksum': params_checksum(state['params']),
   }
   print(f'process {jax.process_index()}/{jax.process_count()}: params checksum '
@@ -248,8 +362,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _log_train(writer: MetricsWriter, step: int, m: dict) -> float:
   loss = float(m['loss'])
-  if not np.isfinite(loss):
-    raise FloatingPointError(f'training loss became {loss} at step {step}')
   row = {'loss': loss, 'grad_norm': float(m['grad_norm']), 'lr': float(m['lr']),
          'param_norm': float(m['param_norm'])}
   row.update({f'train/{k}': v for k, v in summarize_sums(m).items()})
