@@ -8,10 +8,18 @@
   mem.stats['write_loss']                                   # WRITE loss per inner step
 
 The context is not kept: `answer` sees only the memory.
+
+A pretrained language model with its own tokenizer (memory parameters freshly initialised, the
+write head copied from its output embedding; not meta-trained, so answers are the base model's):
+
+  model = GradMemModel.from_pretrained('smollm2-135m', num_memory=8, K=5, inner_lr=1.0)
+  mem = model.write('Anna lives in Paris. ...')
+  model.answer(mem, ['Question: Where does Anna live?\nAnswer:'])
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Sequence, Union
 
 import jax
@@ -21,6 +29,9 @@ import numpy as np
 
 from gradmem_jax import config_lib
 from gradmem_jax.data import Sample, collate
+from gradmem_jax.memory import MemoryConfig, build_method, memory_config_from
+from gradmem_jax.models import backbone_from_config, pretrained
+from gradmem_jax.registry import dataclass_defaults
 from gradmem_jax.training.checkpoint import load_params
 from gradmem_jax.training.evaluate import load_run_config
 from gradmem_jax.training.experiment import Experiment, abstract_state, build_experiment
@@ -31,6 +42,22 @@ class Memory:
   state: dict    # {'memory': [B, m, d], ...} as returned by the method's write
   stats: dict    # numpy inner-loop statistics per context
   n_contexts: int
+
+
+@dataclasses.dataclass
+class _TextTask:
+  """What GradMemModel needs of a task when there is none (from_pretrained): a tokenizer whose EOS
+  ends every answer."""
+  tokenizer: object
+  max_new_tokens: int = 32
+
+  @property
+  def pad_id(self) -> int:
+    return int(self.tokenizer.pad_id)
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    return (int(self.tokenizer.eos_id),)
 
 
 class GradMemModel:
@@ -56,6 +83,36 @@ class GradMemModel:
       config = config_lib.load_config(config)
     exp = build_experiment(config)
     return cls(exp, exp.method.init_params(jax.random.PRNGKey(seed)))
+
+  @classmethod
+  def from_pretrained(cls, name_or_path: str, *, seed: int = 0, max_new_tokens: int = 32,
+                      **overrides) -> 'GradMemModel':
+    """A ready model on a pretrained backbone: `name_or_path` is a name ('smollm2-135m'), a .gguf
+    file or a local Hugging Face directory; its own tokenizer is used. `overrides` are
+    `config.memory` fields (num_memory, K, inner_lr, lora_rank, ...; MemoryConfig's defaults
+    otherwise) and the model's runtime fields (dtype, param_dtype, remat). The memory parameters
+    are freshly initialised from the backbone (not meta-trained)."""
+    mem_fields = set(dataclass_defaults(MemoryConfig))
+    runtime = {k: v for k, v in overrides.items() if k in pretrained.RUNTIME_FIELDS}
+    unknown = sorted(set(overrides) - mem_fields - set(runtime))
+    if unknown:
+      raise ValueError(f'from_pretrained({unknown[0]}=...): not a memory field nor a runtime model '
+                       f'field; allowed: {sorted(mem_fields | set(pretrained.RUNTIME_FIELDS))}')
+    model = pretrained.resolve_model_config(dict(pretrained=os.fspath(name_or_path), **runtime))
+    backbone = backbone_from_config(model)
+    memory = dict(dataclass_defaults(MemoryConfig))
+    memory.update({k: v for k, v in overrides.items() if k in mem_fields})
+    mem_cfg = memory_config_from(memory)
+    method = build_method(backbone, mem_cfg)
+    task = _TextTask(pretrained.tokenizer(model['pretrained']), max_new_tokens)
+    if task.tokenizer.vocab_size > backbone.vocab_size:
+      raise ValueError(f'the tokenizer of {name_or_path!r} has {task.tokenizer.vocab_size} ids, '
+                       f'the model {backbone.vocab_size}')
+    config = ml_collections.ConfigDict({'model': model, 'memory': memory})
+    params = method.init_params(jax.random.PRNGKey(seed),
+                                backbone_params=pretrained.load_params(model, backbone))
+    exp = Experiment(config, task, backbone, mem_cfg, method, mesh=None, optimizer=None)
+    return cls(exp, params)
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: Optional[str] = None) -> 'GradMemModel':

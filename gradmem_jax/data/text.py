@@ -84,9 +84,15 @@ class HFTokenizer:
 
 
 def make_tokenizer(spec: str):
-  """'bytes' or a local Hugging Face tokenizer directory."""
+  """'bytes', a local Hugging Face tokenizer directory, a .gguf file (its own tokenizer) or a
+  pretrained model name (models.pretrained.NAMED, e.g. 'smollm2-135m')."""
   if spec == 'bytes':
     return ByteTokenizer()
   if not spec:
-    raise ValueError('data.tokenizer is empty; allowed: "bytes" or a local tokenizer directory')
+    raise ValueError('data.tokenizer is empty; allowed: "bytes", a local tokenizer directory, a '
+                     '.gguf file or a pretrained model name')
+  from gradmem_jax.models import pretrained
+  if spec in pretrained.NAMED or (os.path.isfile(spec) and spec.endswith('.gguf')):
+    from gradmem_jax.models.gguf import GGUFTokenizer
+    return GGUFTokenizer(pretrained.locate(spec, 'data.tokenizer')[1])
   return HFTokenizer(spec)

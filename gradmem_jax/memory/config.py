@@ -12,6 +12,9 @@ INNER_OPTIMIZERS = ('sgd', 'adam')
 LEARN_INNER_LR = ('none', 'scalar', 'per_step')
 INNER_IMPLS = ('batched', 'vmap')
 RMT_UPDATES = ('replace', 'residual')
+# Methods whose WRITE applies memory.lora_rank (write-only LoRA needs a WRITE pass distinct from
+# READ with the same backbone; RMT and full_context ignore it, so they refuse it).
+LORA_METHODS = ('gradmem',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,26 @@ class MemoryConfig:
   unroll_inner: bool = True       # unroll the K-step scan: no stacked residuals to copy (faster);
                                   # ignored (rolled) when inner_remat is set
   rmt_update: str = 'replace'     # RMT xK: replace the memory, or residual + layer norm
+  # Write-only LoRA: adapters on the backbone in WRITE only (READ uses the base model). The factors
+  # live in params['memory']['lora'] and are merged (W + alpha/r A@B) once per WRITE.
+  lora_rank: int = 0              # r (0: off)
+  lora_alpha: float = 16.0        # scale alpha / r
+  lora_dropout: float = 0.0       # must be 0: a merged adapter has no separate input to drop
+  lora_targets: tuple = ('q_proj', 'v_proj')  # module names whose kernels get adapters
+  # Frozen backbone: the outer loop trains only the memory parameters (M0, write head, projection,
+  # control tokens, LoRA, learned inner lr); no backbone gradient is computed (stop_gradient) and
+  # the optimizer leaves the backbone bit-identical (optax.set_to_zero).
+  freeze_backbone: bool = False
+
+  def __post_init__(self):
+    t = self.lora_targets
+    if isinstance(t, str):
+      t = tuple(x.strip() for x in t.split(',') if x.strip())
+    object.__setattr__(self, 'lora_targets', tuple(t))  # hashable even from a ConfigDict list
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
   @property
   def offset(self) -> int:
@@ -91,6 +114,23 @@ class MemoryConfig:
     if self.init_std < 0:
       raise ValueError(f'memory.init_std must be >= 0, got {self.init_std}')
     common.get_remat_policy(self.inner_remat, 'memory.inner_remat')
+    if self.lora_rank < 0:
+      raise ValueError(f'memory.lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}')
+    if self.lora_rank:
+      if self.method not in LORA_METHODS:
+        raise ValueError(f'memory.lora_rank={self.lora_rank} needs a method with a WRITE pass that '
+                         f'is not READ; allowed with memory.method in {list(LORA_METHODS)}, got '
+                         f'{self.method!r}')
+      if self.lora_alpha <= 0:
+        raise ValueError(f'memory.lora_alpha must be > 0, got {self.lora_alpha}')
+      if not self.lora_targets:
+        raise ValueError('memory.lora_targets is empty; name the projections to adapt, e.g. '
+                         "('q_proj', 'v_proj')")
+    if self.lora_dropout != 0.0:
+      raise ValueError(f'memory.lora_dropout={self.lora_dropout} is not supported: the adapters '
+                       'are merged into the weights once per WRITE (W + alpha/r A@B, outside the '
+                       'K-step scan), where dropout on their inputs cannot be expressed; '
+                       'allowed: 0.0')
 
 
 def memory_config_from(section) -> MemoryConfig:

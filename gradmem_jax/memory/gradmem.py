@@ -12,7 +12,12 @@ Parameters (one pytree, all trained by the outer loop):
               'write_head': [d, V]                    (memory.write_head),
               'mem_proj': {'kernel': [d, d], 'bias': [d]}   (memory.mem_proj != none),
               'ctrl': {'write_start', 'write_end', 'read_start', 'read_end': [c, d]} (c > 0),
-              'inner_lr': [] or [K] log step sizes     (memory.learn_inner_lr != none)}}
+              'inner_lr': [] or [K] log step sizes     (memory.learn_inner_lr != none),
+              'lora': {module path: {'a': [in, r], 'b': [r, out]}}  (memory.lora_rank > 0)}}
+
+Write-only LoRA: WRITE runs the backbone with W + (alpha/r) A@B merged into each target kernel,
+once per WRITE (outside the K-step scan); READ runs the base backbone. With
+memory.freeze_backbone the backbone parameters sit behind a stop_gradient in WRITE and READ.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from gradmem_jax.memory import losses, ops
 from gradmem_jax.memory.base import METHODS, Capabilities
 from gradmem_jax.memory.config import MemoryConfig
 from gradmem_jax.memory.prefix import PrefixMemory
-from gradmem_jax.models import common
+from gradmem_jax.models import common, lora
 
 Array = jax.Array
 Params = Any
@@ -55,8 +60,13 @@ class GradMem(PrefixMemory):
 
   def identity(self) -> dict:
     c = self.cfg
-    return {'method': c.method, 'K': c.K, 'grad_mode': c.grad_mode, 'num_memory': c.num_memory,
-            'inner_lr': c.inner_lr, 'inner_optimizer': c.inner_optimizer}
+    out = {'method': c.method, 'K': c.K, 'grad_mode': c.grad_mode, 'num_memory': c.num_memory,
+           'inner_lr': c.inner_lr, 'inner_optimizer': c.inner_optimizer}
+    if c.lora_rank:  # only when on: the identities of existing runs are unchanged
+      out['lora_rank'] = c.lora_rank
+    if c.freeze_backbone:
+      out['freeze_backbone'] = True
+    return out
 
   def for_evaluation(self, K: Optional[int]) -> 'GradMem':
     k = self.cfg.K if K is None else K
@@ -72,7 +82,22 @@ class GradMem(PrefixMemory):
     if cfg.learn_inner_lr != 'none':
       shape = () if cfg.learn_inner_lr == 'scalar' else (max(cfg.K, 1),)
       p['inner_lr'] = jnp.full(shape, np.log(cfg.inner_lr), jnp.float32)
+    if cfg.lora_rank:
+      p['lora'] = lora.init(jax.random.fold_in(rng, 7), backbone_params, cfg.lora_rank,
+                            cfg.lora_targets)
     return p
+
+  def write_params(self, params: Params) -> Params:
+    """`params` with the backbone WRITE runs: the base one, behind a stop_gradient when frozen,
+    with the LoRA factors merged when memory.lora_rank > 0. Unchanged (the same object) when
+    neither is on."""
+    cfg = self.cfg
+    if not cfg.lora_rank and not cfg.freeze_backbone:
+      return params
+    bb = self.base_backbone(params)
+    if cfg.lora_rank:
+      bb = lora.merge(bb, params['memory']['lora'], cfg.lora_scale)
+    return {**params, 'backbone': bb}
 
   # ------------------------------------------------------------------------------------------
   # WRITE loss.
@@ -82,6 +107,7 @@ class GradMem(PrefixMemory):
                  deterministic: bool = True) -> Array:
     """Per-sample reconstruction loss [B] of the context from [write_start; P(M); write_end; C].
 
+    `params` are WRITE's (`write_params`: LoRA merged, a frozen backbone stopped).
     ctx_embeds [B, S-1, d] are the embeddings of context[:, :-1] (the last token is only a
     label). Position offset-1+t predicts context token t; mean over each sample's real tokens.
     """
@@ -178,6 +204,7 @@ class GradMem(PrefixMemory):
   def final_write_loss(self, params: Params, state: dict, context: Array,
                        context_mask: Array) -> Array:
     """WRITE loss [B] at the written memory M_K (the stats hold it at M_0..M_{K-1})."""
+    params = self.write_params(params)
     ctx_embeds = self.backbone.embed(params['backbone'], context[:, :-1])
     return self.write_loss(params, state, ctx_embeds, context, context_mask)
 
@@ -210,6 +237,7 @@ class GradMem(PrefixMemory):
     if K < 0:
       raise ValueError(f'K must be >= 0, got {K}')
     b = context.shape[0]
+    params = self.write_params(params)  # LoRA merged once, outside the scan
     fast = self.init_fast(params, b)
     modes = cfg.step_modes(K)
     if cfg.grad_mode == 'none':

@@ -48,6 +48,12 @@ class PrefixMemory:
     bb = self.backbone.init(k_bb) if backbone_params is None else backbone_params
     return {'backbone': bb, 'memory': self.init_memory_params(k_mem, bb)}
 
+  def base_backbone(self, params: Params) -> Params:
+    """The backbone parameters as READ uses them: behind a stop_gradient when
+    memory.freeze_backbone (the outer loss then computes no backbone gradient at all)."""
+    bb = params['backbone']
+    return jax.lax.stop_gradient(bb) if self.cfg.freeze_backbone else bb
+
   # ------------------------------------------------------------------------------------------
   # Building inputs.
 
@@ -85,9 +91,10 @@ class PrefixMemory:
     """Teacher-forced logits [B, Q, V] predicting qa [B, Q] from [read_start; P(M); read_end; qa].
 
     The position before each qa token predicts it (the last memory/control position predicts
-    qa[0]); qa's last token is not fed, since nothing is predicted from it.
+    qa[0]); qa's last token is not fed, since nothing is predicted from it. READ always runs the
+    base backbone (write-only LoRA adapts WRITE alone).
     """
-    bb = params['backbone']
+    bb = self.base_backbone(params)
     mem = self.project(params, self.read_proj(params, state), state['memory'])
     tail = self.backbone.embed(bb, qa[:, :-1])
     x = self.prefixed(params, 'read_start', 'read_end', mem, tail)
@@ -102,7 +109,7 @@ class PrefixMemory:
     Returns [B, max_new_tokens] generated ids; after a stop id (kept) the rest is pad_id.
     Recomputes the whole (short) sequence per token: simple, static shapes, exact.
     """
-    bb = params['backbone']
+    bb = self.base_backbone(params)
     b, p = prompt.shape
     length = p + max_new_tokens
     buf = jnp.zeros((b, length), jnp.int32).at[:, :p].set(prompt)

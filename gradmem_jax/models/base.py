@@ -107,6 +107,7 @@ def backbone_from_config(model_cfg) -> Backbone:
   m = dict(model_cfg)
   kind = m.pop('kind', 'llama')
   m.pop('hf_checkpoint', None)
+  m.pop('pretrained', None)
   family = FAMILIES.get(kind)
   if m.get('rope_scaling'):
     m['rope_scaling'] = tuple(sorted(dict(m['rope_scaling']).items()))

@@ -1,4 +1,5 @@
-"""Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases).
+"""Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention; biases only on the
+attention projections, when asked: Qwen2 puts them on q/k/v, Llama's `attention_bias` on all four).
 
 Takes input embeddings, so memory vectors can be prefixed to token embeddings. Parameter names
 follow the Hugging Face Llama checkpoints; the family's Hugging Face name table (config.json
@@ -36,6 +37,8 @@ class LlamaConfig:
   dtype: str = 'float32'          # compute dtype
   param_dtype: str = 'float32'
   remat: str = 'none'             # per-block remat policy name (common.REMAT_POLICIES)
+  attention_bias: bool = False    # biases on q/k/v_proj (Qwen2; Llama's attention_bias=true)
+  o_proj_bias: bool = False       # bias on o_proj (Llama's attention_bias=true; not Qwen2)
 
   @property
   def dh(self) -> int:
@@ -54,9 +57,9 @@ class LlamaConfig:
       raise ValueError(f'head dim {self.dh} must be even for rotary embeddings')
 
 
-def _dense(cfg: LlamaConfig, features: int, name: str) -> nn.Dense:
-  """A bias-free projection in the config's dtypes (every Llama linear layer)."""
-  return nn.Dense(features, use_bias=False, dtype=common.get_dtype(cfg.dtype),
+def _dense(cfg: LlamaConfig, features: int, name: str, bias: bool = False) -> nn.Dense:
+  """A projection in the config's dtypes (bias-free unless `bias`)."""
+  return nn.Dense(features, use_bias=bias, dtype=common.get_dtype(cfg.dtype),
                   param_dtype=common.get_dtype(cfg.param_dtype),
                   kernel_init=common.normal_init(cfg.init_std), name=name)
 
@@ -67,18 +70,19 @@ class LlamaAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, cos: Array, sin: Array) -> Array:
     cfg = self.cfg
-    dense = lambda n, name: _dense(cfg, n, name)
+    dense = lambda n, name, bias=False: _dense(cfg, n, name, bias)
+    qkv_bias = cfg.attention_bias
     b, t, d = x.shape
     # Projections on [B*T, d] (2-D dots): their weight gradients then contract over the major
     # axis of two plain matrices, which XLA:CPU handles without transposing a fused operand.
     x2 = x.reshape(b * t, d)
-    q = dense(cfg.num_heads * cfg.dh, 'q_proj')(x2).reshape(b, t, cfg.num_heads, cfg.dh)
-    k = dense(cfg.num_kv_heads * cfg.dh, 'k_proj')(x2).reshape(b, t, cfg.num_kv_heads, cfg.dh)
-    v = dense(cfg.num_kv_heads * cfg.dh, 'v_proj')(x2).reshape(b, t, cfg.num_kv_heads, cfg.dh)
+    q = dense(cfg.num_heads * cfg.dh, 'q_proj', qkv_bias)(x2).reshape(b, t, cfg.num_heads, cfg.dh)
+    k = dense(cfg.num_kv_heads * cfg.dh, 'k_proj', qkv_bias)(x2).reshape(b, t, cfg.num_kv_heads, cfg.dh)
+    v = dense(cfg.num_kv_heads * cfg.dh, 'v_proj', qkv_bias)(x2).reshape(b, t, cfg.num_kv_heads, cfg.dh)
     q = common.apply_rope(q, cos, sin)
     k = common.apply_rope(k, cos, sin)
     out = common.causal_attention(q, k, v).reshape(b * t, cfg.num_heads * cfg.dh)
-    return dense(cfg.hidden_size, 'o_proj')(out).reshape(b, t, cfg.hidden_size)
+    return dense(cfg.hidden_size, 'o_proj', cfg.o_proj_bias)(out).reshape(b, t, cfg.hidden_size)
 
 
 class LlamaMLP(nn.Module):
@@ -199,13 +203,24 @@ def _llama_rope(c: Mapping[str, Any]) -> tuple[float, Optional[dict]]:
 
 
 def _llama_config(c: Mapping[str, Any]) -> dict:
+  """config.json of a Llama (incl. SmolLM) or Qwen2 model -> our config.model dict."""
+  qwen2 = c.get('model_type') == 'qwen2'
   act = c.get('hidden_act', 'silu')
   if act != 'silu':
     raise ValueError(f"config.hidden_act={act!r} is not supported for llama; allowed: ['silu']")
-  for f in ('attention_bias', 'mlp_bias'):
-    if c.get(f):
-      raise ValueError(f'config.{f}={c[f]!r} is not supported (our Llama has no biases); '
-                       f'allowed: false')
+  if c.get('mlp_bias'):
+    raise ValueError(f'config.mlp_bias={c["mlp_bias"]!r} is not supported (our Llama MLP has no '
+                     'biases); allowed: false')
+  if qwen2:
+    # Qwen2: q/k/v biases always, none on o_proj; sliding-window layers are not implemented.
+    if c.get('use_sliding_window'):
+      raise ValueError('config.use_sliding_window=true is not supported for qwen2; allowed: false')
+    if c.get('layer_types') and any(t != 'full_attention' for t in c['layer_types']):
+      raise ValueError(f'config.layer_types={c["layer_types"]!r} is not supported for qwen2; '
+                       "allowed: only 'full_attention'")
+    qkv_bias, o_bias = True, False
+  else:
+    qkv_bias = o_bias = bool(c.get('attention_bias', False))
   hidden = int(hf.need(c, 'hidden_size'))
   heads = int(hf.need(c, 'num_attention_heads'))
   theta, scaling = _llama_rope(c)
@@ -224,6 +239,8 @@ def _llama_config(c: Mapping[str, Any]) -> dict:
       'max_positions': int(c.get('max_position_embeddings', 2048)),
       'init_std': float(c.get('initializer_range', 0.02)),
   }
+  out['attention_bias'] = qkv_bias
+  out['o_proj_bias'] = o_bias
   head_dim = c.get('head_dim')
   if head_dim is not None and (hidden % heads or int(head_dim) != hidden // heads):
     out['head_dim'] = int(head_dim)
@@ -239,6 +256,8 @@ def hf_name_table(cfg: LlamaConfig) -> dict[tuple[str, ...], base.HFName]:
       table[(p, norm, 'scale')] = (f'layers.{i}.{norm}.weight', False)
     for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
       table[(p, 'self_attn', proj, 'kernel')] = (f'layers.{i}.self_attn.{proj}.weight', True)
+      if cfg.o_proj_bias if proj == 'o_proj' else cfg.attention_bias:
+        table[(p, 'self_attn', proj, 'bias')] = (f'layers.{i}.self_attn.{proj}.bias', False)
     for proj in ('gate_proj', 'up_proj', 'down_proj'):
       table[(p, 'mlp', proj, 'kernel')] = (f'layers.{i}.mlp.{proj}.weight', True)
   table[('norm', 'scale')] = ('norm.weight', False)
@@ -256,7 +275,7 @@ def output_embedding(params, cfg: LlamaConfig):
 FAMILY = base.register_family(base.Family(
     name='llama', config_cls=LlamaConfig, module_cls=LlamaDecoder,
     output_embedding=output_embedding,
-    hf=base.HFSpec(model_types=('llama',), config_from_hf=_llama_config, name_table=hf_name_table,
+    hf=base.HFSpec(model_types=('llama', 'qwen2'), config_from_hf=_llama_config, name_table=hf_name_table,
                    tied_head=lambda cfg: 'embed_tokens.weight' if cfg.tie_embeddings else None,
                    default_prefix='model.',
                    buffers=(r'(?:layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq',))))

@@ -47,8 +47,9 @@ def _data_section(config) -> dict:
   if data.get('tokenizer') == 'model':
     src = pretrained.source(config.model.to_dict())
     if not src:
-      raise ValueError("data.tokenizer='model' needs model.hf_checkpoint (a local Hugging Face "
-                       'checkpoint directory with its tokenizer files)')
+      raise ValueError("data.tokenizer='model' needs model.hf_checkpoint or model.pretrained (a "
+                       "pretrained name such as 'smollm2-135m', a .gguf file, or a local Hugging "
+                       'Face checkpoint directory with its tokenizer files)')
     data['tokenizer'] = src
   return data
 
@@ -80,7 +81,8 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experim
   if config.eval.batch_size % n_dev:
     raise ValueError(f'eval.batch_size={config.eval.batch_size} must be divisible by the {n_dev} '
                      'devices')
-  optimizer = make_optimizer(config.optim, config.train.max_steps)
+  optimizer = make_optimizer(config.optim, config.train.max_steps,
+                             freeze_backbone=mem_cfg.freeze_backbone)
   return Experiment(config, task, backbone, mem_cfg, method, mesh, optimizer)
 
 
