@@ -30,8 +30,8 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from gradmem_jax.data import babi
-from gradmem_jax.data.base import TASKS, HostBatches, collate, exact_text_match
-from gradmem_jax.data.text import make_tokenizer
+from gradmem_jax.data.base import (TASKS, FixedSetStream, collate, exact_text_match,
+                                   task_tokenizer, text_task)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The shared copy of the bAbI release beside this checkout (../shared/data/babi).
@@ -55,23 +55,6 @@ def bucket_length(length: int, cap: int, smallest: int) -> int:
   while b < length:
     b *= 2
   return min(b, cap)
-
-
-def grouped_permutation(rng: np.random.Generator, lengths: np.ndarray, window: int,
-                        block: int) -> np.ndarray:
-  """A permutation of range(len(lengths)) whose windows of `window` are sorted by length and cut
-  into blocks of `block`, the blocks shuffled: consecutive samples have similar lengths (batches
-  pad less). window or block 0: a plain permutation."""
-  perm = rng.permutation(len(lengths))
-  if not window or not block:
-    return perm
-  parts = []
-  for lo in range(0, len(perm), window):
-    win = perm[lo:lo + window]
-    win = win[np.argsort(lengths[win], kind='stable')]
-    blocks = [win[i:i + block] for i in range(0, len(win), block)]
-    parts.extend(blocks[i] for i in rng.permutation(len(blocks)))
-  return np.concatenate(parts)
 
 
 def normalize_text(text: str) -> str:
@@ -150,31 +133,22 @@ def story_start(ex: babi.BabiExample, max_sentences: int) -> int:
 
 
 @TASKS.register('babi')
-class BabiTask(HostBatches):
-  """bAbI QA: story -> memory, question -> answer."""
+class BabiTask(FixedSetStream):
+  """bAbI QA: the story (up to the question, every supporting fact kept) is written into memory,
+  the question is asked of the memory alone, the answer is the target."""
   config_cls: ClassVar[type] = BabiTaskConfig
+  stream_salt: ClassVar[int] = 13
 
   def __init__(self, cfg: BabiTaskConfig):
     cfg.validate()
     self.cfg = cfg
     self.train_split = babi.load_babi(cfg.babi_dir, cfg.task_id, 'train', cfg.variant)
     self.eval_split = babi.load_babi(cfg.babi_dir, cfg.task_id, cfg.eval_split, cfg.variant)
-    if cfg.tokenizer == 'words':
-      prompts = [cfg.query_template.replace('{question}', ''),
-                 cfg.target_template.replace('{answer}', '')]
-      self.tokenizer = babi.BabiWordTokenizer.from_examples(self.train_split.examples, cfg.sep,
-                                                            extra_texts=prompts)
-    elif cfg.tokenizer == 'model':
-      raise ValueError("data.tokenizer='model' needs model.hf_checkpoint (the runner replaces it "
-                       'with the checkpoint directory; build the task from the whole config)')
-    else:
-      self.tokenizer = make_tokenizer(cfg.tokenizer)
+    prompts = [cfg.query_template.replace('{question}', ''),
+               cfg.target_template.replace('{answer}', '')]
+    text_task(self, task_tokenizer(cfg.tokenizer, lambda: babi.BabiWordTokenizer.from_examples(
+        self.train_split.examples, cfg.sep, extra_texts=prompts)))
     tok = self.tokenizer
-    self.vocab_size = tok.vocab_size
-    self.pad_id = tok.pad_id
-    self.eos_id = tok.eos_id
-    self.ignore_ids = ()                 # every answer token and the EOS are scored
-    self.stop_ids = (tok.eos_id,)
     self.train_set = [self._encode(ex) for ex in self.train_split]
     val = list(self.eval_split)
     if cfg.n_val > len(val):
@@ -189,8 +163,6 @@ class BabiTask(HostBatches):
     self.context_len = self._static_len('context_len', lambda s: len(s.context))
     self.qa_len = self._static_len('qa_len', lambda s: len(s.query) + len(s.target))
     self.max_new_tokens = max(len(s.target) for s in every)
-    self._lengths = np.array([len(s.context) for s in self.train_set])
-    self._perm_cache: dict[int, np.ndarray] = {}
 
   def _static_len(self, field: str, length) -> int:
     every = self.train_set + self._val
@@ -244,20 +216,10 @@ class BabiTask(HostBatches):
   def validation_set(self) -> list[BabiSample]:
     return self._val
 
-  def train_sample(self, index: int) -> BabiSample:
-    """Sample `index` of the training stream: every epoch is a fresh (length-grouped) order."""
-    epoch, pos = divmod(index, len(self.train_set))
-    if epoch not in self._perm_cache:
-      self._perm_cache.clear()
-      rng = np.random.default_rng([self.cfg.seed, 13, epoch])
-      self._perm_cache[epoch] = grouped_permutation(rng, self._lengths, self.cfg.length_window,
-                                                    self.cfg.length_block)
-    return self.train_set[int(self._perm_cache[epoch][pos])]
-
   def collate(self, samples: Sequence[BabiSample], batch_size: Optional[int] = None) -> dict:
     c = bucket_length(max(len(s.context) for s in samples), self.context_len, self.cfg.bucket)
     return collate(samples, self.pad_id, batch_size=batch_size, context_len=c, qa_len=self.qa_len)
 
 
 __all__ = ['BabiTask', 'BabiTaskConfig', 'BabiSample', 'SHARED_BABI', 'story_start',
-           'normalize_text', 'bucket_length', 'grouped_permutation', 'round_up']
+           'normalize_text', 'bucket_length', 'round_up']

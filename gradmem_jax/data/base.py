@@ -177,3 +177,62 @@ def collate(samples: Sequence[Any], pad_id: int, *, batch_size: Optional[int] = 
     if i < n:
       batch['target_mask'][i, len(s.query):len(qa)] = 1
   return batch
+
+
+def grouped_permutation(rng: np.random.Generator, lengths: np.ndarray, window: int,
+                        block: int) -> np.ndarray:
+  """A permutation of range(len(lengths)) whose windows of `window` are sorted by length and cut
+  into blocks of `block`, the blocks shuffled: consecutive samples have similar lengths (batches
+  pad less). window or block 0: a plain permutation."""
+  perm = rng.permutation(len(lengths))
+  if not window or not block:
+    return perm
+  parts = []
+  for lo in range(0, len(perm), window):
+    win = perm[lo:lo + window]
+    win = win[np.argsort(lengths[win], kind='stable')]
+    blocks = [win[i:i + block] for i in range(0, len(win), block)]
+    parts.extend(blocks[i] for i in rng.permutation(len(blocks)))
+  return np.concatenate(parts)
+
+
+def text_task(task, tokenizer) -> None:
+  """A natural-language task's ids from its tokenizer: every target token and EOS is scored, and
+  EOS ends a generated answer."""
+  task.tokenizer = tokenizer
+  task.vocab_size, task.pad_id, task.eos_id = tokenizer.vocab_size, tokenizer.pad_id, tokenizer.eos_id
+  task.ignore_ids, task.stop_ids = (), (tokenizer.eos_id,)
+
+
+def task_tokenizer(spec: str, words):
+  """`data.tokenizer` of a natural-language task: 'words' (built by `words()` from the training
+  text), or anything `text.make_tokenizer` takes; 'model' is resolved by the runner first."""
+  from gradmem_jax.data.text import make_tokenizer
+  if spec == 'words':
+    return words()
+  if spec == 'model':
+    raise ValueError("data.tokenizer='model' needs model.pretrained (the runner replaces it with "
+                     "the model's tokenizer; build the task from the whole config)")
+  return make_tokenizer(spec)
+
+
+class FixedSetStream(HostBatches):
+  """A task with a fixed training set (`self.train_set`) read in epochs: every epoch is a fresh
+  permutation, grouped by context length when `cfg.length_window` and `cfg.length_block` are set
+  (`grouped_permutation`). `stream_salt` gives each task its own random stream."""
+  stream_salt: ClassVar[int] = 0
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    cache = self.__dict__.setdefault('_order_cache', {})
+    if epoch not in cache:
+      cache.clear()  # one epoch at a time
+      lengths = np.array([len(s.context) for s in self.train_set])
+      rng = np.random.default_rng([self.cfg.seed, self.stream_salt, epoch])
+      cache[epoch] = grouped_permutation(rng, lengths, self.cfg.length_window,
+                                         self.cfg.length_block)
+    return cache[epoch]
+
+  def train_sample(self, index: int) -> Any:
+    """Sample `index` of the training stream."""
+    epoch, pos = divmod(index, len(self.train_set))
+    return self.train_set[int(self.epoch_order(epoch)[pos])]

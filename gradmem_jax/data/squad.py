@@ -29,7 +29,7 @@ from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 
-from gradmem_jax.data.base import TASKS, HostBatches, collate
+from gradmem_jax.data.base import TASKS, FixedSetStream, collate
 from gradmem_jax.data.text import make_tokenizer
 
 CONTEXT_MODES = ('sentence', 'paragraph')
@@ -265,10 +265,11 @@ def _round_up(n: int, k: int = 8) -> int:
 
 
 @TASKS.register('squad')
-class SquadTask(HostBatches):
+class SquadTask(FixedSetStream):
   """Short-SQuAD samples (the answer sentences of a SQuAD JSON file, or whole paragraphs), split
   into training and validation by article."""
   config_cls: ClassVar[type] = SquadTaskConfig
+  stream_salt: ClassVar[int] = 11
 
   def __init__(self, cfg: SquadTaskConfig):
     super().__init__(cfg, make_tokenizer(cfg.tokenizer))
@@ -299,7 +300,6 @@ class SquadTask(HostBatches):
                                         lambda s: len(s.context))
     self.qa_len = self._static_len('qa_len', longest_qa, lambda s: len(s.query) + len(s.target))
     self.max_new_tokens = max(len(s.target) for s in self.train_set + self._val)
-    self._perm_cache: dict[int, np.ndarray] = {}
 
   def _static_len(self, field: str, longest: int, length) -> int:
     want = getattr(self.cfg, field)
@@ -343,31 +343,6 @@ class SquadTask(HostBatches):
 
   def validation_set(self) -> list[SquadSample]:
     return self._val
-
-  def _epoch_perm(self, epoch: int) -> np.ndarray:
-    """The epoch's sample order: a permutation, then (with length_window) length-sorted windows
-    whose blocks are shuffled, so consecutive samples have similar lengths."""
-    if epoch not in self._perm_cache:
-      self._perm_cache.clear()
-      rng = np.random.default_rng([self.cfg.seed, 11, epoch])
-      perm = rng.permutation(len(self.train_set))
-      w, blk = self.cfg.length_window, self.cfg.length_block
-      if w and blk:
-        lengths = np.array([len(s.context) for s in self.train_set])
-        parts = []
-        for lo in range(0, len(perm), w):
-          win = perm[lo:lo + w]
-          win = win[np.argsort(lengths[win], kind='stable')]
-          blocks = [win[i:i + blk] for i in range(0, len(win), blk)]
-          parts.extend(blocks[i] for i in rng.permutation(len(blocks)))
-        perm = np.concatenate(parts)
-      self._perm_cache[epoch] = perm
-    return self._perm_cache[epoch]
-
-  def train_sample(self, index: int) -> SquadSample:
-    """Sample `index` of the training stream: every epoch is a fresh permutation of the set."""
-    epoch, pos = divmod(index, len(self.train_set))
-    return self.train_set[int(self._epoch_perm(epoch)[pos])]
 
   def _bucket(self, length: int, cap: int) -> int:
     if not self.cfg.bucket:

@@ -30,9 +30,9 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from gradmem_jax.data import babi, textrec
-from gradmem_jax.data.babi_task import (SHARED_BABI, bucket_length, grouped_permutation, round_up)
-from gradmem_jax.data.base import TASKS, HostBatches, collate, exact_text_match
-from gradmem_jax.data.text import make_tokenizer
+from gradmem_jax.data.babi_task import SHARED_BABI, bucket_length, round_up
+from gradmem_jax.data.base import (TASKS, FixedSetStream, collate, exact_text_match,
+                                   task_tokenizer, text_task)
 
 # The shared SQuAD development set beside this checkout (../shared/data/squad).
 SHARED_SQUAD = os.path.normpath(os.path.join(os.path.dirname(SHARED_BABI), 'squad',
@@ -123,29 +123,21 @@ def documents(cfg: TextRecTaskConfig) -> list[textrec.TextDocument]:
 
 
 @TASKS.register('textrec')
-class TextRecTask(HostBatches):
+class TextRecTask(FixedSetStream):
   """Spans of natural text to write into memory and reconstruct."""
   config_cls: ClassVar[type] = TextRecTaskConfig
+  stream_salt: ClassVar[int] = 17
 
   def __init__(self, cfg: TextRecTaskConfig):
     cfg.validate()
     self.cfg = cfg
     docs = documents(cfg)
-    if cfg.tokenizer == 'words':
+    def words():
       held_out = textrec.split_groups((d.group for d in docs), cfg.val_fraction, cfg.split_seed)
-      texts = [d.text for d in docs if d.group not in held_out] + [cfg.prompt]
-      self.tokenizer = babi.BabiWordTokenizer.from_texts(texts)
-    elif cfg.tokenizer == 'model':
-      raise ValueError("data.tokenizer='model' needs model.hf_checkpoint (the runner replaces it "
-                       'with the checkpoint directory; build the task from the whole config)')
-    else:
-      self.tokenizer = make_tokenizer(cfg.tokenizer)
+      return babi.BabiWordTokenizer.from_texts(
+          [d.text for d in docs if d.group not in held_out] + [cfg.prompt])
+    text_task(self, task_tokenizer(cfg.tokenizer, words))
     tok = self.tokenizer
-    self.vocab_size = tok.vocab_size
-    self.pad_id = tok.pad_id
-    self.eos_id = tok.eos_id
-    self.ignore_ids = ()                 # every span token and the EOS are scored
-    self.stop_ids = (tok.eos_id,)
     self.spans = textrec.extract_spans(docs, tok, cfg.spans_config())
     self._prompt = np.asarray(tok.encode(cfg.prompt), np.int32) if cfg.prompt else np.zeros(
         (0,), np.int32)
@@ -158,8 +150,6 @@ class TextRecTask(HostBatches):
     self.context_len = self._static_len('context_len', lambda s: len(s.context))
     self.qa_len = self._static_len('qa_len', lambda s: len(s.query) + len(s.target))
     self.max_new_tokens = max(len(s.target) for s in self.train_set + self._val)
-    self._lengths = np.array([len(s.context) for s in self.train_set])
-    self._perm_cache: dict[int, np.ndarray] = {}
 
   def _sample(self, span: textrec.TextSpan) -> TextRecSample:
     target = np.concatenate([span.ids, [self.eos_id]]).astype(np.int32)
@@ -201,15 +191,6 @@ class TextRecTask(HostBatches):
 
   def validation_set(self) -> list[TextRecSample]:
     return self._val
-
-  def train_sample(self, index: int) -> TextRecSample:
-    epoch, pos = divmod(index, len(self.train_set))
-    if epoch not in self._perm_cache:
-      self._perm_cache.clear()
-      rng = np.random.default_rng([self.cfg.seed, 17, epoch])
-      self._perm_cache[epoch] = grouped_permutation(rng, self._lengths, self.cfg.length_window,
-                                                    self.cfg.length_block)
-    return self.train_set[int(self._perm_cache[epoch][pos])]
 
   def collate(self, samples: Sequence[TextRecSample], batch_size: Optional[int] = None) -> dict:
     c = bucket_length(max(len(s.context) for s in samples), self.context_len, self.cfg.bucket)

@@ -63,6 +63,14 @@ def check_model_fields(cfg, positive: tuple[str, ...]) -> None:
   get_remat_policy(cfg.remat, 'model.remat')
 
 
+def blocks(block_cls, cfg, prefix: str, static_argnums: tuple = ()) -> list:
+  """cfg.num_layers blocks named prefix_0, prefix_1, ..., rematerialised by cfg.remat's policy."""
+  use_remat, policy = get_remat_policy(cfg.remat, 'model.remat')
+  if use_remat:
+    block_cls = nn.remat(block_cls, policy=policy, static_argnums=static_argnums)
+  return [block_cls(cfg, name=f'{prefix}_{i}') for i in range(cfg.num_layers)]
+
+
 def embedding(cfg, num: int, std: float) -> nn.Embed:
   """A [num, hidden_size] embedding table in the config's dtypes, initialised N(0, std)."""
   return nn.Embed(num, cfg.hidden_size, dtype=get_dtype(cfg.dtype),

@@ -87,7 +87,8 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Decoder(nn.Module):
-  """Input embeddings [B, T, d] + positions [T] or [B, T] -> final hidden states [B, T, d]."""
+  """Input embeddings [B, T, d] + positions [T] or [B, T] -> final hidden states [B, T, d]; the
+  learned position embeddings are added here, so memory vectors get positions like tokens."""
   cfg: GPT2Config
 
   def setup(self):
@@ -95,9 +96,7 @@ class GPT2Decoder(nn.Module):
     dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
     self.wte = common.embedding(cfg, cfg.vocab_size, cfg.init_std)
     self.wpe = common.embedding(cfg, cfg.max_positions, 0.01)
-    use_remat, policy = common.get_remat_policy(cfg.remat, 'model.remat')
-    block = nn.remat(GPT2Block, policy=policy, static_argnums=(2,)) if use_remat else GPT2Block
-    self.h = [block(cfg, name=f'h_{i}') for i in range(cfg.num_layers)]
+    self.h = common.blocks(GPT2Block, cfg, 'h', static_argnums=(2,))
     self.ln_f = nn.LayerNorm(cfg.layer_norm_eps, dtype=dtype, param_dtype=pdtype)
     self.drop = nn.Dropout(cfg.embd_dropout)
 

@@ -120,9 +120,7 @@ class LlamaDecoder(nn.Module):
     cfg = self.cfg
     dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
     self.embed_tokens = common.embedding(cfg, cfg.vocab_size, cfg.init_std)
-    use_remat, policy = common.get_remat_policy(cfg.remat, 'model.remat')
-    block = nn.remat(LlamaBlock, policy=policy) if use_remat else LlamaBlock
-    self.layers = [block(cfg, name=f'layers_{i}') for i in range(cfg.num_layers)]
+    self.layers = common.blocks(LlamaBlock, cfg, 'layers')
     self.norm = common.RMSNorm(cfg.rms_eps, dtype, pdtype)
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype,

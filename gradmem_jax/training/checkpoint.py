@@ -110,34 +110,32 @@ def _check_files(step_dir: str, items: tuple[str, ...]) -> None:
   if not os.path.isfile(os.path.join(step_dir, COMMIT_MARKER)):
     raise _Damaged(f'the commit marker {COMMIT_MARKER} is missing (the save did not finish, or the '
                    'copy is incomplete)')
-  md = os.path.join(step_dir, STEP_METADATA)
-  if not os.path.isfile(md):
-    raise _Damaged(f'{STEP_METADATA} is missing')
-  try:
-    with open(md, 'rb') as f:
-      parsed = json.loads(f.read().decode('utf-8'))
-  except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-    raise _Damaged(f'{STEP_METADATA} is not readable JSON ({_one_line(e)})') from None
-  if not isinstance(parsed, dict):
-    raise _Damaged(f'{STEP_METADATA} is not a JSON object')
+  _json_object(os.path.join(step_dir, STEP_METADATA), STEP_METADATA)
   for item in items:
     if not os.path.isdir(os.path.join(step_dir, item)):
       raise _Damaged(f'the item {item}/ is missing')
 
 
+def _json_object(path: str, what: str) -> dict:
+  """A JSON object file of a checkpoint; anything else is damage named by `what`."""
+  if not os.path.isfile(path):
+    raise _Damaged(f'{what} is missing')
+  try:
+    with open(path, 'rb') as f:
+      parsed = json.loads(f.read().decode('utf-8'))
+  except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise _Damaged(f'{what} is not readable JSON ({_one_line(e)})') from None
+  if not isinstance(parsed, dict):
+    raise _Damaged(f'{what} is not a JSON object')
+  return parsed
+
+
 def _stored_tree(item_dir: str) -> Any:
   """The stored tree of array metadata (shapes, dtypes) of a StandardSave item."""
   name = os.path.basename(item_dir)
-  tree_file = os.path.join(item_dir, TREE_METADATA)
-  if not os.path.isfile(tree_file):
-    raise _Damaged(f'{name}/{TREE_METADATA} (the stored tree) is missing')
-  try:
-    with open(tree_file, 'rb') as f:
-      parsed = json.loads(f.read().decode('utf-8'))
-  except (OSError, ValueError) as e:
-    raise _Damaged(f'{name}/{TREE_METADATA} (the stored tree) is not readable JSON '
-                   f'({_one_line(e)})') from None
-  if not isinstance(parsed, dict) or not parsed:
+  parsed = _json_object(os.path.join(item_dir, TREE_METADATA),
+                        f'{name}/{TREE_METADATA} (the stored tree)')
+  if not parsed:
     raise _Damaged(f'{name}/{TREE_METADATA} (the stored tree) is empty or not a JSON object')
   ckptr = ocp.StandardCheckpointer()
   try:
