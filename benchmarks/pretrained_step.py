@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -141,16 +140,7 @@ def main(argv):
       print(json.dumps({'name': 'skipped', 'config': entry, 'reason': 'budget_s'}), flush=True)
       continue
     cmd = [sys.executable, os.path.abspath(__file__), f'--entry={entry}'] + common
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
-    if out.returncode != 0 or not lines:
-      lines = [json.dumps({'name': 'error', 'config': entry, 'returncode': out.returncode,
-                           'stderr_tail': out.stderr[-1500:]})]
-    for l in lines:
-      print(l, flush=True)
-      if FLAGS.out:
-        with open(FLAGS.out, 'a') as f:
-          f.write(l + '\n')
+    ts.run_fresh(cmd, entry, FLAGS.out)
 
 
 if __name__ == '__main__':

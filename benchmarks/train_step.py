@@ -252,17 +252,22 @@ def main(argv):
             f'--max_idle_wait={args.max_idle_wait}']
   for c in configs:
     cmd = [sys.executable, os.path.abspath(__file__), '--one'] + c + common
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
-    if out.returncode != 0 or not lines:
-      err = {'name': 'error', 'config': c, 'returncode': out.returncode,
-             'stderr_tail': out.stderr[-2000:]}
-      lines = [json.dumps(err)]
-    for l in lines:
-      print(l, flush=True)
-      if args.out:
-        with open(args.out, 'a') as f:
-          f.write(l + '\n')
+    run_fresh(cmd, c, args.out)
+
+
+def run_fresh(cmd: list, config, out_path: str) -> None:
+  """Runs one configuration in a fresh process; prints (and appends to out_path) its JSON rows,
+  or one error row with the tail of its stderr."""
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
+  if out.returncode != 0 or not lines:
+    lines = [json.dumps({'name': 'error', 'config': config, 'returncode': out.returncode,
+                         'stderr_tail': out.stderr[-2000:]})]
+  for l in lines:
+    print(l, flush=True)
+    if out_path:
+      with open(out_path, 'a') as f:
+        f.write(l + '\n')
 
 
 if __name__ == '__main__':
