@@ -34,9 +34,6 @@ class Registry(Generic[T]):
       return o
     return add if obj is None else add(obj)
 
-  def unregister(self, name: str) -> None:
-    self._items.pop(name, None)
-
   def get(self, name: str) -> T:
     if name not in self._items:
       raise ValueError(f'{self.field}={name!r} is not a known {self.what}; allowed: '

@@ -75,15 +75,19 @@ class Generation:
     self.exp = exp
     self.max_samples = max_samples
     self.predictions: dict = {}
+    self._fns: dict = {}
 
   def __call__(self, params, K: Optional[int] = None) -> dict:
     exp = self.exp
     task, method = exp.task, exp.method.for_evaluation(K)
     batch_size = int(exp.config.eval.batch_size)
-    write = jax.jit(lambda p, c, m: method.write(p, c, m, K=K)[0])
-    gen = jax.jit(lambda p, st, q, ql: method.generate(
-        p, st, q, ql, max_new_tokens=task.max_new_tokens, stop_ids=task.stop_ids,
-        pad_id=task.pad_id))
+    if K not in self._fns:  # jitted once per K: later evaluations reuse the compiled programs
+      self._fns[K] = (
+          jax.jit(lambda p, c, m: method.write(p, c, m, K=K)[0]),
+          jax.jit(lambda p, st, q, ql: method.generate(
+              p, st, q, ql, max_new_tokens=task.max_new_tokens, stop_ids=task.stop_ids,
+              pad_id=task.pad_id)))
+    write, gen = self._fns[K]
     val = list(task.validation_set())
     if self.max_samples:
       val = val[:self.max_samples]
