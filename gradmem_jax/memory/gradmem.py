@@ -147,9 +147,15 @@ class GradMem(PrefixMemory):
           lambda x: jnp.broadcast_to(x, (batch,) + x.shape), mp['mem_proj'])
     return fast
 
-  def _inner_step(self, params: Params, ctx_embeds: Array, context: Array, context_mask: Array,
+  def inner_step(self, params: Params, ctx_embeds: Array, context: Array, context_mask: Array,
                   rng: Optional[Array], deterministic: bool, mode: str, carry, xs):
-    """One inner step. carry = (fast, adam_state); xs = (step index k, step size lr)."""
+    """One inner step (the body of WRITE's scan; public so that a caller can walk the WRITE one
+    step at a time, e.g. to read the memory after every K of one trajectory).
+
+    `params` are WRITE's (`write_params`), ctx_embeds the embeddings of context[:, :-1]; mode is
+    'second', 'first' or 'none' (see `MemoryConfig.grad_mode`). carry = (fast, adam_state) with
+    adam_state () for SGD; xs = (step index k, step size lr). Returns (carry, (loss [B], grad
+    norm [B])) with the loss at the memory before the step."""
     cfg = self.cfg
     fast, opt = carry
     k, lr = xs
@@ -256,7 +262,7 @@ class GradMem(PrefixMemory):
     # Consecutive steps of the same gradient mode form one scan (static split).
     for mode, group in _runs(modes):
       n = len(group)
-      body = functools.partial(self._inner_step, params, ctx_embeds, context, context_mask, rng,
+      body = functools.partial(self.inner_step, params, ctx_embeds, context, context_mask, rng,
                                deterministic, mode)
       if use_remat:
         body = jax.checkpoint(body, policy=policy, prevent_cse=False)
