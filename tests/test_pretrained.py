@@ -177,3 +177,42 @@ def test_from_pretrained_smollm2_writes_and_answers():
   assert mem.state['memory'].shape == (1, 4, 576)
   out = model.answer(mem, ['Question: Where does Anna live?\nAnswer:'], max_new_tokens=3)
   assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_from_pretrained_hf_directory_writes_and_reads_like_transformers(tmp_path):
+  """`GradMemModel.from_pretrained` on a Hugging Face directory (config, safetensors, tokenizer
+  files), end to end: one WRITE step equals a step of gradient descent on transformers' own
+  reconstruction loss over `inputs_embeds` [M0; context], differentiated by PyTorch autograd, and
+  READ's answer log-likelihood equals transformers' on [M1; query; answer]."""
+  from gradmem_jax.api import GradMemModel
+  from test_squad import _save_hf_tokenizer
+  texts = ['the cat sat on the mat', 'where is the cat? on the mat', 'a dog ran in the park']
+  n_tok = _save_hf_tokenizer(tmp_path, texts * 4)
+  torch_model = _qwen2(tmp_path, vocab_size=max(n_tok, 64))
+  m, lr = 3, 0.5
+  model = GradMemModel.from_pretrained(str(tmp_path), num_memory=m, K=1, inner_lr=lr,
+                                       write_head=False)
+  context, query, answer = 'the cat sat on the mat', 'where is the cat?', ' on the mat'
+  mem = model.write(context)
+  m0 = np.asarray(model.params['memory']['mem_init'])
+  m1 = np.asarray(mem.state['memory'][0])
+  assert np.abs(m1 - m0).max() > 1e-4  # the WRITE moved the memory
+  ids = torch.from_numpy(model.tokenizer.encode(context).astype(np.int64))
+  emb = torch_model.get_input_embeddings()
+  mem_t = torch.tensor(m0, requires_grad=True)
+  x = torch.cat([mem_t, emb(ids[:-1]).detach()])[None]
+  logits = torch_model(inputs_embeds=x).logits[0, m - 1:]  # position m-1+t predicts context[t]
+  loss = torch.nn.functional.cross_entropy(logits, ids)
+  loss.backward()
+  want_m1 = m0 - lr * mem_t.grad.numpy()
+  np.testing.assert_allclose(m1, want_m1, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(mem.stats['write_loss'][0, 0], loss.item(), rtol=1e-5)
+  q, a = model.tokenizer.encode(query), model.tokenizer.encode(answer)
+  qa = torch.from_numpy(np.concatenate([q, a]).astype(np.int64))
+  with torch.no_grad():
+    x = torch.cat([torch.from_numpy(m1.copy()), emb(qa[:-1])])[None]
+    logp = torch.log_softmax(torch_model(inputs_embeds=x).logits[0], -1)
+  pos = np.arange(len(q), len(q) + len(a))  # logits row m-1+t predicts qa[t]
+  want = float(sum(logp[m - 1 + t, qa[t]] for t in pos))
+  got = model.score(mem, query, answer)
+  np.testing.assert_allclose(got['logprob'], want, rtol=1e-5, atol=1e-5)
