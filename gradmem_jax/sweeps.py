@@ -31,6 +31,10 @@ class Sweep:
   base: str = ''                    # presets/overrides applied before every point (config arg)
   description: str = ''
   figures: tuple = ()               # figure kinds for the report: em_vs_n, em_vs_memory, ...
+  # Curriculum: point slug -> the slug of the point whose best parameters it starts from
+  # (train.init_from=<sweep_dir>/<source>; fresh optimizer). A source runs before its users
+  # (list it earlier); the init is not part of the point's slug.
+  init_from: dict = dataclasses.field(default_factory=dict)
 
 
 def grid(**axes: Sequence[Any]) -> list[Point]:
@@ -68,6 +72,13 @@ def load_sweep(spec: str) -> Sweep:
   dup = {n for n in names if names.count(n) > 1}
   if dup:
     raise ValueError(f'sweep {sweep.name} has duplicate points: {sorted(dup)}')
+  for user, source in sweep.init_from.items():
+    if user not in names or source not in names:
+      missing = user if user not in names else source
+      raise ValueError(f'sweep {sweep.name}: init_from names {missing!r}, which is not a point')
+    if names.index(source) > names.index(user):
+      raise ValueError(f'sweep {sweep.name}: {user!r} starts from {source!r}, which comes after '
+                       'it; list the source first')
   return sweep
 
 
@@ -89,8 +100,12 @@ TRAIN_MODULE = 'experiments.train'
 
 def point_command(config_spec: str, sweep: Sweep, point: Point, sweep_dir: str,
                   module: str = TRAIN_MODULE, python: str = 'python') -> list[str]:
-  return [python, '-m', module, f'--config={config_arg(config_spec, sweep, point)}',
-          f'--workdir={os.path.join(sweep_dir, slug(point))}']
+  cmd = [python, '-m', module, f'--config={config_arg(config_spec, sweep, point)}',
+         f'--workdir={os.path.join(sweep_dir, slug(point))}']
+  source = sweep.init_from.get(slug(point))
+  if source:
+    cmd.append(f'--config.train.init_from={os.path.join(sweep_dir, source)}')
+  return cmd
 
 
 def validate_points(config_spec: str, sweep: Sweep) -> None:
@@ -111,7 +126,7 @@ def is_finished(workdir: str) -> bool:
 def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
   os.makedirs(sweep_dir, exist_ok=True)
   manifest = {'name': sweep.name, 'description': sweep.description, 'config': config_spec,
-              'base': sweep.base, 'figures': list(sweep.figures),
+              'base': sweep.base, 'figures': list(sweep.figures), 'init_from': sweep.init_from,
               'points': [{'slug': slug(p), 'overrides': p} for p in sweep.points]}
   tmp = os.path.join(sweep_dir, 'sweep.json.tmp')
   with open(tmp, 'w') as f:
@@ -139,6 +154,12 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     if is_finished(wd):
       log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: finished, skipped')
       status.append({'slug': slug(p), 'status': 'skipped'})
+      continue
+    source = sweep.init_from.get(slug(p))
+    if source and not is_finished(os.path.join(sweep_dir, source)):
+      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, its curriculum source {source} '
+          'did not finish')
+      status.append({'slug': slug(p), 'status': f'blocked (source {source} unfinished)'})
       continue
     cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
     elapsed = time.perf_counter() - t_sweep

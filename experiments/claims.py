@@ -1,0 +1,34 @@
+r"""The paper's three KV claims from a claims sweep: one Markdown + CSV table, the claims with their
+numbers, and the EM-vs-N figure (gradmem_jax/claims.py says how a claim is judged).
+
+  python -m experiments.sweep --sweep=configs/sweeps/claims.py:cpu --sweep_dir=runs/claims_cpu \
+      --K_eval=1,2,5,8
+  python -m experiments.claims --sweep_dir=runs/claims_cpu [--out=benchmarks/results/claims_cpu]
+
+Unfinished points are left out (each cell says how many seeds it has), so it can be rerun while a
+sweep is still going.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+
+from gradmem_jax import claims, sweeps
+
+_SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'Claims sweep directory.', required=True)
+_OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep directory).')
+_TITLE = flags.DEFINE_string('title', 'KV claims', 'Report title.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  runs = sweeps.collect(_SWEEP_DIR.value)
+  if not runs:
+    raise SystemExit(f'no finished runs (results.json) under {_SWEEP_DIR.value}')
+  out = claims.make_claims_report(runs, _OUT.value or _SWEEP_DIR.value, title=_TITLE.value)
+  print(out['markdown'])
+  print('wrote ' + ', '.join(out['files']))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,152 @@
+"""The claims report (gradmem_jax/claims.py) on hand-made results, and the claims sweep's
+curriculum in N (configs/sweeps/claims.py, sweeps.Sweep.init_from)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gradmem_jax import claims, sweeps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(method, K, n, seed, em, grad_mode='second', rmt_update=None, kx=None):
+  r = {'task': 'kv', 'n_pairs': n, 'method': method, 'K': K, 'seed': seed, 'steps': 1000,
+       'wall_time_s': 120.0, 'best': {'em': em}}
+  if method == 'gradmem':
+    r['grad_mode'] = grad_mode
+  else:
+    r['rmt_update'] = rmt_update or 'replace'
+  if kx:
+    r['k_extrapolation'] = [{'K_eval': k, 'em': v} for k, v in kx.items()]
+  return r
+
+
+def _runs():
+  out = []
+  for s, (g2, r2, g4, r4, f2) in enumerate([(0.90, 0.50, 0.60, 0.55, 0.10),
+                                           (0.92, 0.55, 0.70, 0.60, 0.12),
+                                           (0.91, 0.52, 0.50, 0.50, 0.11)]):
+    out += [_run('gradmem', 1, 2, s, g2, kx={1: g2, 2: g2 + 0.02}), _run('rmt', 1, 2, s, r2),
+            _run('gradmem', 1, 4, s, g4), _run('rmt', 1, 4, s, r4),
+            _run('gradmem', 1, 2, s, f2, grad_mode='first')]
+  out.append(_run('gradmem', 5, 2, 0, 0.99))  # one seed: no spread, no verdict
+  out.append(_run('rmt', 5, 2, 0, 0.40))
+  out.append({'task': 'kv', 'n_pairs': 2, 'method': 'full_context', 'best': {'em': 1.0}})
+  return out
+
+
+def test_cells_group_seeds_and_keep_only_the_claims_methods():
+  cs = claims.cells(_runs())
+  assert ('GradMem K=1', 2) in cs and ('RMT x1', 4) in cs
+  assert not any(lab.startswith('full') for lab, _ in cs)  # not part of the claims
+  c = cs[('GradMem K=1', 2)]
+  assert c['seeds'] == 3 and abs(c['em_mean'] - 0.91) < 1e-9
+  assert abs(c['em_std'] - 0.0081650) < 1e-6  # population std of 0.90, 0.92, 0.91
+  assert cs[('GradMem K=5', 2)]['em_std'] is None
+  assert cs[('GradMem K=1', 2)]['k_extrapolation'] == {1: pytest.approx(0.91),
+                                                     2: pytest.approx(0.93)}
+  assert claims.label({'method': 'rmt', 'K': 2, 'rmt_update': 'residual'}) == 'RMT x2 residual'
+  assert claims.label({'method': 'gradmem', 'K': 2, 'grad_mode': 'first'}) == \
+      'GradMem K=2 first-order'
+
+
+def test_verdicts_need_the_gap_to_exceed_both_spreads():
+  cs = claims.cells(_runs())
+  assert claims.compare(cs[('GradMem K=1', 2)], cs[('RMT x1', 2)]) == 'supported'
+  # N=4: GradMem ahead on average (0.60 vs 0.55) but within the spreads.
+  assert claims.compare(cs[('GradMem K=1', 4)], cs[('RMT x1', 4)]) == 'not supported'
+  assert claims.compare(cs[('GradMem K=5', 2)], cs[('RMT x5', 2)]) == 'ahead'
+  assert claims.compare(cs[('RMT x5', 2)], cs[('GradMem K=5', 2)]) == 'behind or equal'
+  assert claims.compare(cs[('GradMem K=1', 2)], None) is None
+
+
+def test_report_files_table_and_claims(tmp_path):
+  out = claims.make_claims_report(_runs(), str(tmp_path))
+  md = out['markdown']
+  assert '| GradMem K=1 | 91.0 ± 0.8 (3 seeds, 1000 steps, 2.0 min) | 60.0 ± 8.2 (3 seeds' in md
+  assert '| RMT x1 |' in md and 'paper (same N)' in md and '4: 100' in md
+  assert 'N=2: GradMem K=1 91.0 vs RMT x1 52.3 (+38.7): supported' in md
+  assert 'N=4: GradMem K=1 60.0 vs RMT x1 55.0 (+5.0): not supported' in md
+  assert 'N=2: GradMem K=1 91.0 vs GradMem K=1 first-order 11.0 (+80.0): supported' in md
+  assert 'N=2: GradMem 5 vs 1 steps: +8.0 EM' in md
+  assert '| GradMem K=1 | 2 | 91.0 | 93.0 |' in md  # K extrapolation
+  for f in ('claims.md', 'claims.csv', 'em_vs_n.png'):
+    assert (tmp_path / f).stat().st_size > 0
+  rows = (tmp_path / 'claims.csv').read_text().splitlines()
+  assert rows[0].startswith('method,n_pairs,em_mean') and len(rows) == 1 + len(out['cells'])
+
+
+def test_claims_sweep_curriculum_in_n():
+  s = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:cpu_seed0'))
+  assert len(s.points) == 8 * 3  # 8 method settings x N in {2, 4, 8}, seed 0
+  n4 = [p for p in s.points if p['n_pairs'] == 4 and p['method'] == 'rmt' and p['K'] == 5][0]
+  src = s.init_from[sweeps.slug(n4)]
+  assert src == sweeps.slug(dict(n4, n_pairs=2))  # same method and seed, previous N
+  assert not any(p['n_pairs'] == 2 and sweeps.slug(p) in s.init_from for p in s.points)
+  cmd = sweeps.point_command('configs/kv_retrieval.py', s, n4, '/sd')
+  assert cmd[-1] == f'--config.train.init_from=/sd/{src}'
+  sweeps.validate_points('configs/kv_retrieval.py', s)  # every point's config builds
+  assert len(sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune')).points) == 15
+
+
+def test_a_point_whose_curriculum_source_failed_is_not_run(tmp_path):
+  sweep_file = tmp_path / 'two.py'
+  sweep_file.write_text(
+      'from gradmem_jax.sweeps import Sweep\n'
+      'def get_sweep(arg=None):\n'
+      '  return Sweep("two", [{"n_pairs": 2}, {"n_pairs": 4}], init_from={"n_pairs=4": "n_pairs=2"})\n')
+  s = sweeps.load_sweep(str(sweep_file))
+  # A module that does not exist: the source point fails at once, the user point is not started.
+  status = sweeps.run_sweep('configs/kv_retrieval.py', s, str(tmp_path / 'sd'),
+                            module='experiments.no_such_module', log=lambda _: None, cwd=ROOT)
+  assert status[0]['status'].startswith('failed')
+  assert status[1]['status'] == 'blocked (source n_pairs=2 unfinished)'
+  assert json.load(open(tmp_path / 'sd' / 'sweep.json'))['init_from'] == {'n_pairs=4': 'n_pairs=2'}
+  bad = tmp_path / 'bad.py'
+  bad.write_text(
+      'from gradmem_jax.sweeps import Sweep\n'
+      'def get_sweep(arg=None):\n'
+      '  return Sweep("bad", [{"n_pairs": 4}, {"n_pairs": 2}], init_from={"n_pairs=4": "n_pairs=2"})\n')
+  with pytest.raises(ValueError, match="starts from 'n_pairs=2', which comes after it"):
+    sweeps.load_sweep(str(bad))
+
+
+def test_claims_command_line(tmp_path):
+  sd = tmp_path / 'sd'
+  for i, r in enumerate(_runs()):
+    os.makedirs(sd / f'p{i}')
+    with open(sd / f'p{i}' / 'results.json', 'w') as f:
+      json.dump(r, f)
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert '## Claims' in out.stdout and (sd / 'claims.md').exists()
+
+
+def test_test_time_write_scoring_by_hand():
+  """experiments/test_time_write.py's metrics on hand-made logits: two items with two candidate
+  answers each (candidate 0 is the right one)."""
+  import numpy as np
+  from experiments import test_time_write as ttw
+  Item = ttw.Item
+  items = [Item(np.array([5]), np.array([1]), [np.array([2, 3]), np.array([4])], 'a'),
+           Item(np.array([5]), np.array([1]), [np.array([4]), np.array([2])], 'b')]
+  rows, owner, cand, start, length = ttw.candidate_rows(items, [it.query for it in items])
+  assert [r.tolist() for r in rows] == [[1, 2, 3], [1, 4], [1, 4], [1, 2]]
+  assert owner.tolist() == [0, 0, 1, 1] and start.tolist() == [1, 1, 1, 1]
+  qa, _ = ttw.pad(rows, 0)
+  logits = np.zeros((4, 3, 6))
+  logits[0, 1, 2] = logits[0, 2, 3] = 5.0    # item 0, right answer: both tokens argmax
+  logits[1, 1, 4] = 20.0                     # item 0, wrong answer: far more likely (choice miss)
+  logits[3, 1, 4] = 3.0                      # item 1, wrong answer 2 made unlikely; the right
+  #                                            answer 4 is not the argmax of its flat row (EM miss)
+  out = ttw.scored(logits, qa, owner, cand, start, length)
+  assert out['em'] == [1.0, 0.0] and out['token_acc'] == [1.0, 0.0]
+  assert out['choice_acc'] == [0.0, 1.0]
+  nll0 = -(5.0 - np.log(np.exp(5.0) + 5))    # each position: one logit 5, five logits 0
+  assert out['answer_nll'][0] == pytest.approx(nll0)
