@@ -150,3 +150,15 @@ def test_test_time_write_scoring_by_hand():
   assert out['choice_acc'] == [0.0, 1.0]
   nll0 = -(5.0 - np.log(np.exp(5.0) + 5))    # each position: one logit 5, five logits 0
   assert out['answer_nll'][0] == pytest.approx(nll0)
+
+
+def test_babi_table2_sweep_points():
+  s = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/babi_table2.py'))
+  assert len(s.points) == 5 * 5 and s.base == 'gpt2'
+  qa3 = [p for p in s.points if p['task_id'] == 3]
+  assert qa3 and all(p['max_story_sentences'] == 100 for p in qa3)
+  assert not any('max_story_sentences' in p for p in s.points if p['task_id'] != 3)
+  from configs import babi
+  c = babi.get_config('gpt2,hf_checkpoint=/nowhere,' + sweeps.config_arg('x', s, qa3[0])
+                      .partition(':')[2].replace('gpt2,', '', 1))
+  assert (c.data.task_id, c.data.max_story_sentences, c.memory.inner_lr) == (3, 100, 0.4)
