@@ -21,15 +21,15 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from gradmem_jax.data import BATCH_SPEC
+from gradmem_jax.models import pretrained as pretrained_lib
 from gradmem_jax.training import mesh as mesh_lib
 from gradmem_jax.training.checkpoint import Checkpointer, load_params
 from gradmem_jax.training.evaluators import (build_evaluators, evaluate_all, flops_per_sample,
@@ -148,7 +148,7 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
     if params is not None:
       params = jax.tree_util.tree_map(lambda x, a: np.asarray(x, a.dtype), params,
                                       abstract['params'])
-      say(f'initialised the backbone from {exp.config.model.get("hf_checkpoint")}')
+      say(f'initialised the backbone from {pretrained_lib.source(exp.config.model)}')
   if params is not None:
     state = dict(state, params=jax.device_put(params, shardings['params']))
   return state, _fresh_meta(), False
