@@ -22,9 +22,7 @@ _TITLE = flags.DEFINE_string('title', 'KV claims', 'Report title.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  runs = sweeps.collect(_SWEEP_DIR.value)
-  if not runs:
-    raise SystemExit(f'no finished runs (results.json) under {_SWEEP_DIR.value}')
+  runs = sweeps.collect_finished(_SWEEP_DIR.value)
   out = claims.make_claims_report(runs, _OUT.value or _SWEEP_DIR.value, title=_TITLE.value)
   print(out['markdown'])
   print('wrote ' + ', '.join(out['files']))

@@ -19,9 +19,7 @@ _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep di
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  runs = sweeps.collect(_SWEEP_DIR.value)
-  if not runs:
-    raise SystemExit(f'no finished runs (results.json) under {_SWEEP_DIR.value}')
+  runs = sweeps.collect_finished(_SWEEP_DIR.value)
   manifest = os.path.join(_SWEEP_DIR.value, 'sweep.json')
   name, figs = os.path.basename(os.path.normpath(_SWEEP_DIR.value)), []
   if os.path.exists(manifest):

@@ -207,8 +207,7 @@ def run():
   tokenizer = pretrained.tokenizer(model['pretrained'])
   items, source = load_items(tokenizer)
   pad_id = int(tokenizer.pad_id) if tokenizer.pad_id is not None else 0
-  global NEWLINE
-  NEWLINE = tokenizer.encode('\n')
+  newline = tokenizer.encode('\n')
   print(f'loaded {FLAGS.model} in {time.time() - t0:.1f} s; {source}; context tokens '
         f'{min(len(i.context) for i in items)}-{max(len(i.context) for i in items)}', flush=True)
 
@@ -228,7 +227,7 @@ def run():
   for name in todo_base:
     parts = []
     for b in batches:
-      pre = [np.concatenate([it.context, NEWLINE, it.query]) if name == 'full_context'
+      pre = [np.concatenate([it.context, newline, it.query]) if name == 'full_context'
              else it.query for it in b]
       rows, owner, cand, start, length = candidate_rows(b, pre)
       ids, _ = pad(rows, pad_id)

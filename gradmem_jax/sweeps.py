@@ -200,6 +200,14 @@ def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) 
       log(f'  {slug(p)}: evaluated with K_eval={list(ks)}')
 
 
+def collect_finished(sweep_dir: str) -> list[dict]:
+  """`collect`, refusing a sweep directory with no finished run (the report tools' start)."""
+  runs = collect(sweep_dir)
+  if not runs:
+    raise SystemExit(f'no finished runs (results.json) under {sweep_dir}')
+  return runs
+
+
 def collect(sweep_dir: str) -> list[dict]:
   """Every point's results.json with its overrides (from sweep.json, else config.json)."""
   manifest_path = os.path.join(sweep_dir, 'sweep.json')
