@@ -114,8 +114,9 @@ def run_one(args):
   from gradmem_jax.training import build_experiment, init_state, make_train_step
 
   on_cpu = jax.devices()[0].platform == 'cpu'
-  micro = args.micro_batch if args.micro_batch >= 0 else (8 if on_cpu else 0)
-  if micro and args.batch % micro:
+  # -1: the library's own choice (cache-sized chunks on CPU, the whole batch on accelerators)
+  micro = args.micro_batch
+  if micro > 0 and args.batch % micro:
     micro = 0
   config = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
                                    f'grad_mode={args.mode},batch_size={args.batch},'
@@ -124,6 +125,7 @@ def run_one(args):
   config.memory.inner_impl = args.impl
   config.eval.batch_size = args.batch
   exp = build_experiment(config)
+  micro = exp.config.optim.micro_batch_size
   state = init_state(exp, jax.random.PRNGKey(0))
   local = next(exp.task.train_batches(args.batch))[1]
   batch = {k: jnp.asarray(v) for k, v in local.items()}
@@ -214,7 +216,8 @@ flags.DEFINE_integer('batch', 64, 'batch size')
 flags.DEFINE_integer('steps', 5, 'timed steps (clean of other load)')
 flags.DEFINE_string('remat', 'none', 'comma list of inner-step remat policies')
 flags.DEFINE_string('impl', 'batched', 'comma list: batched, vmap')
-flags.DEFINE_integer('micro_batch', -1, '-1: 8 on CPU, none on GPU')
+flags.DEFINE_integer('micro_batch', -1, "-1: the library's auto rule (cache-sized chunks on "
+                     'CPU, none on GPU); 0: whole batch')
 flags.DEFINE_bool('infer', True, 'also time WRITE+READ inference')
 flags.DEFINE_bool('train', True, 'time training steps')
 flags.DEFINE_string('matmul_precision', 'highest',

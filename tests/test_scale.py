@@ -19,6 +19,7 @@ from configs import kv_retrieval
 from gradmem_jax.training import build_experiment, init_state, make_train_step
 from gradmem_jax.training.checkpoint import load_params
 from gradmem_jax.training import abstract_state
+from gradmem_jax.training.experiment import auto_micro_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARG = 'tiny,max_steps=4,train.checkpoint_every=2,train.eval_every=2'
@@ -141,12 +142,21 @@ def test_gradient_accumulation_equals_full_batch():
   _assert_close(s_micro['params'], s_full['params'], rtol=1e-5, atol=1e-6)
 
 
-def test_auto_micro_batch_resolves_per_platform():
+def test_auto_micro_batch_resolves_per_platform_and_context_length():
   one = jax.devices()[:1]
   exp = build_experiment(kv_retrieval.get_config('tiny,batch_size=32,optim.micro_batch_size=-1'), one)
   assert exp.config.optim.micro_batch_size == 8  # CPU: chunks of 8 samples per device
   exp = build_experiment(kv_retrieval.get_config('tiny,batch_size=8,optim.micro_batch_size=-1'), one)
   assert exp.config.optim.micro_batch_size == 0  # nothing to split
+  # Long contexts: chunks of at most CPU_CHUNK_TOKENS WRITE tokens (64 pairs: 457 + m tokens -> 2)
+  exp = build_experiment(kv_retrieval.get_config('tiny,n_pairs=64,batch_size=16,'
+                                                 'optim.micro_batch_size=-1'), one)
+  assert exp.task.context_len + exp.config.memory.num_memory > 1024 // 3
+  assert exp.config.optim.micro_batch_size == 2
+  assert auto_micro_batch(12, 1, 'cpu', 400) == 2     # the largest divisor within the budget
+  assert auto_micro_batch(12, 1, 'cpu', 2000) == 1    # one sample is never split
+  assert auto_micro_batch(64, 4, 'cpu', 100) == 32    # 8 per device
+  assert auto_micro_batch(64, 1, 'gpu', 100) == 0
   assert kv_retrieval.get_config('paper_n16').optim.micro_batch_size == -1
   with pytest.raises(ValueError, match='optim.micro_batch_size'):
     kv_retrieval.get_config('tiny,optim.micro_batch_size=-2')

@@ -71,9 +71,11 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experim
   o = config.optim
   if o.batch_size % n_dev:
     raise ValueError(f'optim.batch_size={o.batch_size} must be divisible by the {n_dev} devices')
-  if o.micro_batch_size == -1:  # auto: chunks of 8 per device on CPU, the whole batch elsewhere
+  if o.micro_batch_size == -1:  # auto: cache-sized chunks on CPU, the whole batch elsewhere
     config = ml_collections.ConfigDict(config.to_dict())
-    config.optim.micro_batch_size = _auto_micro_batch(o.batch_size, n_dev, mesh)
+    seq = getattr(task, 'context_len', 0) + mem_cfg.num_memory
+    config.optim.micro_batch_size = auto_micro_batch(
+        o.batch_size, n_dev, mesh.devices.flat[0].platform, seq)
     o = config.optim
   if o.micro_batch_size and o.micro_batch_size % n_dev:
     raise ValueError(f'optim.micro_batch_size={o.micro_batch_size} must be divisible by the '
@@ -86,13 +88,24 @@ def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experim
   return Experiment(config, task, backbone, mem_cfg, method, mesh, optimizer)
 
 
-def _auto_micro_batch(batch_size: int, n_dev: int, mesh) -> int:
-  """On CPU a second-order step over a whole batch overflows the caches; chunks of 8 samples per
-  device were fastest on 2 cores (WORKSPACE.md, perf log). Accelerators take the whole batch."""
-  if mesh.devices.flat[0].platform != 'cpu':
+# The CPU chunk: at most this many WRITE tokens (memory + context) per device and at most this
+# many samples. Measured on 2 cores (WORKSPACE.md, performance log): 8 samples of 121 tokens (16
+# pairs) and 2 samples of 465 tokens (64 pairs) are the fastest chunks; 8 of 465 run 1.27x slower.
+CPU_CHUNK_TOKENS = 1024
+CPU_CHUNK_SAMPLES = 8
+
+
+def auto_micro_batch(batch_size: int, n_dev: int, platform: str, seq_len: int) -> int:
+  """`optim.micro_batch_size=-1` resolved: 0 (whole batch) on accelerators. On CPU a second-order
+  step over a whole batch overflows the caches, so the batch is cut into chunks of the largest
+  per-device sample count that divides the per-device batch and keeps a chunk within
+  CPU_CHUNK_TOKENS WRITE tokens (seq_len each) and CPU_CHUNK_SAMPLES samples."""
+  if platform != 'cpu':
     return 0
-  micro = 8 * n_dev
-  return micro if batch_size > micro and batch_size % micro == 0 else 0
+  per_dev = batch_size // n_dev
+  cap = max(1, min(CPU_CHUNK_SAMPLES, CPU_CHUNK_TOKENS // max(seq_len, 1)))
+  micro = max(d for d in range(1, min(cap, per_dev) + 1) if per_dev % d == 0)
+  return 0 if micro >= per_dev else micro * n_dev
 
 
 def init_state(exp: Experiment, rng: Array) -> dict:
