@@ -150,6 +150,7 @@ def run_one(args):
     run = lambda s: compiled(s, batch, rng)
     state, m = run(state)  # warm-up
     jax.block_until_ready(m)
+    loss_first = float(m['loss'])  # the first step's loss (the same batch and init every run)
   else:
     # WRITE (K gradient steps on the memory, no graph kept) + READ logits, micro-batched like
     # training on CPU.
@@ -168,6 +169,7 @@ def run_one(args):
     compiled = jax.jit(infer_chunked).lower(params, batch).compile()
     flops, bytes_acc = cost_flops(jax.jit(infer).lower(params, batch).compile())
     jax.block_until_ready(compiled(params, batch))
+    loss_first = None
 
   times, noisy = [], []
   load_before = wait_for_idle(args.max_idle_wait) if on_cpu else 0.0
@@ -189,7 +191,8 @@ def run_one(args):
   row = {
       'name': args.name, 'K': args.K, 'grad_mode': args.mode if args.name == 'train' else None,
       'batch': args.batch, 'n_pairs': args.n_pairs, 'remat': args.remat, 'impl': args.impl,
-      'micro_batch': micro, 'step_s_median': med, 'step_s_min': float(ts.min()),
+      'micro_batch': micro, 'loss_first': loss_first, 'step_s_median': med,
+      'step_s_min': float(ts.min()),
       'step_s_max': float(ts.max()), 'steps_timed': len(ts), 'steps_discarded_load': discarded,
       'contended': contended,
       'samples_per_s': args.batch / med, 'peak_rss_mb': peak_memory_mb(jax),
@@ -201,6 +204,17 @@ def run_one(args):
       'matmul_precision': args.matmul_precision or 'default', 'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
   }
+  if args.profile:
+    from benchmarks import profile_breakdown
+    if args.name == 'train':
+      box = [state]
+
+      def one():
+        box[0], out = run(box[0])
+        jax.block_until_ready(out)
+    else:
+      one = lambda: jax.block_until_ready(compiled(params, batch))
+    row['profile'] = profile_breakdown.breakdown(one, compiled.as_text(), steps=2)
   print(json.dumps(row), flush=True)
 
 
@@ -214,6 +228,8 @@ flags.DEFINE_string('modes', 'second,first', 'comma list of gradient modes')
 flags.DEFINE_integer('n_pairs', 16, 'key-value pairs per context')
 flags.DEFINE_integer('batch', 64, 'batch size')
 flags.DEFINE_integer('steps', 5, 'timed steps (clean of other load)')
+flags.DEFINE_bool('profile', False, 'also profile 2 steps and add where the time goes (by kind '
+                  'of XLA op: benchmarks/profile_breakdown.py) to each row')
 flags.DEFINE_string('remat', 'none', 'comma list of inner-step remat policies')
 flags.DEFINE_string('impl', 'batched', 'comma list: batched, vmap')
 flags.DEFINE_integer('micro_batch', -1, "-1: the library's auto rule (cache-sized chunks on "
@@ -252,7 +268,7 @@ def main(argv):
                       '--impl=batched'])
   common = [f'--n_pairs={args.n_pairs}', f'--batch={args.batch}', f'--steps={args.steps}',
             f'--micro_batch={args.micro_batch}', f'--matmul_precision={args.matmul_precision}',
-            f'--max_idle_wait={args.max_idle_wait}']
+            f'--max_idle_wait={args.max_idle_wait}', f'--profile={args.profile}']
   for c in configs:
     cmd = [sys.executable, os.path.abspath(__file__), '--one'] + c + common
     run_fresh(cmd, c, args.out)

@@ -91,7 +91,14 @@ def test_claims_sweep_curriculum_in_n():
   cmd = sweeps.point_command('configs/kv_retrieval.py', s, n4, '/sd')
   assert cmd[-1] == f'--config.train.init_from=/sd/{src}'
   sweeps.validate_points('configs/kv_retrieval.py', s)  # every point's config builds
-  assert len(sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune')).points) == 15
+  tune = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune'))
+  assert len(tune.points) == 5 + 5 * 3  # 5 N=2 sources, each with 3 outer lrs at N=4
+  for p in tune.points:
+    if p['n_pairs'] == 4:  # started from its own method's (inner lr's, update mode's) N=2 run
+      assert tune.init_from[sweeps.slug(p)] == sweeps.slug(dict(p, n_pairs=2, lr=1e-3))
+    else:
+      assert sweeps.slug(p) not in tune.init_from
+  sweeps.validate_points('configs/kv_retrieval.py', tune)
 
 
 def test_a_point_whose_curriculum_source_failed_is_not_run(tmp_path):
