@@ -120,7 +120,8 @@ def run_one(args):
     micro = 0
   config = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
                                    f'grad_mode={args.mode},batch_size={args.batch},'
-                                   f'optim.micro_batch_size={micro}')
+                                   f'optim.micro_batch_size={micro}'
+                                   + (f',{args.overrides}' if args.overrides else ''))
   config.memory.inner_remat = args.remat
   config.memory.inner_impl = args.impl
   config.eval.batch_size = args.batch
@@ -140,7 +141,8 @@ def run_one(args):
       # analysis counts a loop body once, so rolled loops would be undercounted).
       flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
                                          f'grad_mode={args.mode},batch_size={args.batch},'
-                                         'optim.micro_batch_size=0')
+                                         'optim.micro_batch_size=0'
+                                         + (f',{args.overrides}' if args.overrides else ''))
       flat_cfg.memory.inner_impl = args.impl
       flat = build_experiment(flat_cfg)
       flops, bytes_acc = cost_flops(
@@ -228,6 +230,8 @@ flags.DEFINE_string('modes', 'second,first', 'comma list of gradient modes')
 flags.DEFINE_integer('n_pairs', 16, 'key-value pairs per context')
 flags.DEFINE_integer('batch', 64, 'batch size')
 flags.DEFINE_integer('steps', 5, 'timed steps (clean of other load)')
+flags.DEFINE_string('overrides', '', 'extra config overrides (key=value,...) for every row, '
+                    "e.g. model.attn_q_block=128")
 flags.DEFINE_bool('profile', False, 'also profile 2 steps and add where the time goes (by kind '
                   'of XLA op: benchmarks/profile_breakdown.py) to each row')
 flags.DEFINE_string('remat', 'none', 'comma list of inner-step remat policies')
@@ -268,7 +272,8 @@ def main(argv):
                       '--impl=batched'])
   common = [f'--n_pairs={args.n_pairs}', f'--batch={args.batch}', f'--steps={args.steps}',
             f'--micro_batch={args.micro_batch}', f'--matmul_precision={args.matmul_precision}',
-            f'--max_idle_wait={args.max_idle_wait}', f'--profile={args.profile}']
+            f'--max_idle_wait={args.max_idle_wait}', f'--profile={args.profile}',
+            f'--overrides={args.overrides}']
   for c in configs:
     cmd = [sys.executable, os.path.abspath(__file__), '--one'] + c + common
     run_fresh(cmd, c, args.out)

@@ -119,6 +119,9 @@ FD_CASES = {
     'per_sample_proj_clip_norm': (dict(K=2, inner_lr=0.5, mem_proj='per_sample', clip_norm=0.3),
                                   {}, 1e-5, 0.0),
     'gpt2_backbone': (dict(K=2, inner_lr=0.5, num_ctrl=1), NO_DROPOUT_GPT2, 1e-5, 0.5),
+    # causal attention in query blocks of 4 rows (WRITE runs 2 + 4 = 6 positions: blocks of 4
+    # and 2; READ 2 + 3 = 5: 4 and 1), the second-order term through the blocked softmax included
+    'blocked_attention': (dict(K=2, inner_lr=0.5), dict(attn_q_block=4), 1e-5, 0.5),
 }
 
 
@@ -562,3 +565,49 @@ def test_bad_model_config_errors():
     backbone_from_config(dict(kind='mamba'))
   with pytest.raises(ValueError, match='model.hidden_sise'):
     backbone_from_config(dict(kind='llama', hidden_sise=3))
+
+
+# ------------------------------------------------------------------------------------------------
+# Blocked causal attention (model.attn_q_block) against the dense one.
+
+
+def test_blocked_attention_equals_dense_in_value_gradient_and_hessian_vector_product(x64):
+  from gradmem_jax.models import common
+  ks = jax.random.split(jax.random.PRNGKey(3), 4)
+  q = jax.random.normal(ks[0], (2, 11, 4, 6), jnp.float64)
+  k = jax.random.normal(ks[1], (2, 11, 2, 6), jnp.float64)  # grouped-query: 2 KV heads
+  v = jax.random.normal(ks[2], (2, 11, 2, 6), jnp.float64)
+  w = jax.random.normal(ks[3], (2, 11, 4, 6), jnp.float64)
+  f = lambda qb: (lambda q, k, v: jnp.sum(jnp.tanh(common.causal_attention(q, k, v, q_block=qb))
+                                          * w))
+  hvp = lambda g, x, t: jax.jvp(jax.grad(g, argnums=(0, 1, 2)), x, t)[1]
+  tangents = tuple(jax.random.normal(jax.random.PRNGKey(i), x.shape, jnp.float64)
+                   for i, x in enumerate((q, k, v)))
+  dense = f(0)
+  for qb in (1, 3, 4, 10):  # 11 rows: uneven last blocks, and one block of one row
+    blocked = f(qb)
+    np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), rtol=1e-12)
+    _allclose(jax.grad(blocked, argnums=(0, 1, 2))(q, k, v),
+              jax.grad(dense, argnums=(0, 1, 2))(q, k, v), atol=1e-12, rtol=1e-10)
+    _allclose(hvp(blocked, (q, k, v), tangents), hvp(dense, (q, k, v), tangents), atol=1e-11,
+              rtol=1e-9)
+
+
+def test_blocked_attention_gives_the_dense_meta_gradient(x64):
+  batch = random_batch(b=2, s=9, q=4)
+  out = []
+  for qb in (0, 4):
+    method, params = tiny_method('float64', model=dict(attn_q_block=qb), K=2, inner_lr=0.5)
+    out.append(jax.value_and_grad(_loss_fn(method, batch, inner_loss_weight=0.5))(params))
+  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12)
+  _allclose(out[0][1], out[1][1], atol=1e-12, rtol=1e-9)
+
+
+def test_attn_q_block_is_checked_and_resolved_per_backend():
+  from gradmem_jax.models import llama
+  with pytest.raises(ValueError, match='model.attn_q_block'):
+    llama.LlamaConfig(attn_q_block=-2).validate()
+  assert llama.attn_q_block(llama.LlamaConfig(attn_q_block=0)) == 0
+  assert llama.attn_q_block(llama.LlamaConfig(attn_q_block=64)) == 64
+  assert llama.attn_q_block(llama.LlamaConfig()) == (
+      llama.CPU_ATTN_Q_BLOCK if jax.default_backend() == 'cpu' else 0)
