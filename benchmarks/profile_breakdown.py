@@ -8,9 +8,11 @@ Used by `benchmarks/train_step.py --profile`; also importable:
 
 Kinds: `dense dot` (a matmul of two matrices: the projections and MLP on [B*T, d]), `batched dot`
 (a matmul with batch dimensions: attention scores and values); a fusion around a dot (XLA:CPU's
-YNNPACK/XNNPACK library fusions) counts as its dot. `elementwise fusion` (loop and reduction fusions: norms, RoPE, softmax, SwiGLU and
-their derivatives), `copy/transpose`, `other` (whatever else has its own time: the loops' control,
-scatter, custom calls). Only ops named in the HLO count; the profiler's own events are left out.
+YNNPACK/XNNPACK library fusions) counts as its dot. `elementwise fusion` (loop and reduction
+fusions: norms, RoPE, softmax, SwiGLU and their derivatives), `copy/transpose`, `other` (whatever
+else has its own time: the loops' control, scatter, custom calls). Only ops named in the HLO
+count; the profiler's own events are left out. Written for and tested on the CPU backend (on a GPU
+the host and device planes may both carry events named after ops).
 """
 from __future__ import annotations
 

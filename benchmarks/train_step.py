@@ -207,7 +207,7 @@ def run_one(args):
       'machine': platform.processor() or platform.machine(),
   }
   if args.profile:
-    from benchmarks import profile_breakdown
+    import profile_breakdown  # beside this script (sys.path[0])
     if args.name == 'train':
       box = [state]
 

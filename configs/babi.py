@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 1,000 validation questions, with the shipped release.
   c.data = common.task_section('babi', babi_dir=SHARED_BABI)
   c.optim.batch_size = 32             # global batch
-  c.optim.micro_batch_size = -1       # chunks of 8 per device on CPU, the whole batch elsewhere
+  c.optim.micro_batch_size = -1       # cache-sized chunks on CPU, the whole batch elsewhere
   c.train.max_steps = 2000            # about 10 minutes on 2 shared cores (3 steps/s)
   c.train.eval_every = 250
   c.train.checkpoint_every = 250
@@ -107,7 +107,8 @@ def smollm2(c):
   1e-4, batch 64, 10k warmup). The query ends in 'Answer:' after a 'Question:' line, the form
   the instruct model reads best."""
   c.model = ml_collections.ConfigDict(dict(kind='llama', pretrained='smollm2-135m', vocab_size=0,
-                                           dtype='bfloat16', param_dtype='float32', remat='none'))
+                                           dtype='bfloat16', param_dtype='float32', remat='none',
+                                           attn_q_block=-1))
   c.data.update(tokenizer='model', query_template='Question: {question}\nAnswer:')
   c.memory.update(num_memory=8, K=1, freeze_backbone=True, lora_rank=8, mem_proj='proj',
                   inner_optimizer='adam', inner_lr=0.03)

@@ -64,8 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 200        # linear warmup
   c.optim.schedule = 'constant'     # after warmup: constant | cosine (to 0 at max_steps)
   c.optim.batch_size = 32           # global batch (all hosts)
-  c.optim.micro_batch_size = 0      # gradient accumulation chunks (0: whole batch; -1: auto =
-                                    # 8 per device on CPU, whole batch on GPU/TPU)
+  c.optim.micro_batch_size = 0      # gradient accumulation chunks (0: whole batch; -1: auto = at
+                                    # most 8 samples and 1,024 WRITE tokens per device on CPU,
+                                    # whole batch on GPU/TPU)
 
   c.train = ml_collections.ConfigDict()
   c.train.max_steps = 4000

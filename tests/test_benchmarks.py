@@ -1,4 +1,4 @@
-"""The profile breakdown that WORKSPACE.md's speed section quotes (benchmarks/profile_breakdown.py)."""
+"""The profile breakdown behind WORKSPACE.md's speed shares (benchmarks/profile_breakdown.py)."""
 import os
 import sys
 

@@ -603,6 +603,27 @@ def test_blocked_attention_gives_the_dense_meta_gradient(x64):
   _allclose(out[0][1], out[1][1], atol=1e-12, rtol=1e-9)
 
 
+def _dots(fn, *args):
+  return str(jax.make_jaxpr(fn)(*args)).count('dot_general')
+
+
+def test_blocked_attention_really_runs_in_blocks():
+  """The equivalence tests above would pass if blocking were skipped: count the products."""
+  from gradmem_jax.models import common
+  q = jnp.ones((1, 11, 2, 4))
+  for qb, blocks in ((0, 1), (4, 3), (11, 1), (1, 11)):
+    assert _dots(lambda q: common.causal_attention(q, q, q, q_block=qb), q) == 2 * blocks
+  # the Llama backbone passes model.attn_q_block down: 2 layers x 2 more products with 2 blocks
+  dense, _ = tiny_method('float32', model=dict(attn_q_block=0), K=1)
+  blocked, params = tiny_method('float32', model=dict(attn_q_block=4), K=1)
+  x = jnp.ones((1, 7, params['backbone']['embed_tokens']['embedding'].shape[1]))
+  run = lambda m: (lambda p: m.backbone.hidden(p['backbone'], x, jnp.arange(7)))
+  assert _dots(run(blocked), params) > _dots(run(dense), params)
+  with pytest.raises(ValueError, match='attn_q_block'):
+    common.causal_attention(q, q, q, q_block=4, dropout_rate=0.1,
+                            dropout_rng=jax.random.PRNGKey(0), deterministic=False)
+
+
 def test_attn_q_block_is_checked_and_resolved_per_backend():
   from gradmem_jax.models import llama
   with pytest.raises(ValueError, match='model.attn_q_block'):
@@ -611,3 +632,10 @@ def test_attn_q_block_is_checked_and_resolved_per_backend():
   assert llama.attn_q_block(llama.LlamaConfig(attn_q_block=64)) == 64
   assert llama.attn_q_block(llama.LlamaConfig()) == (
       llama.CPU_ATTN_Q_BLOCK if jax.default_backend() == 'cpu' else 0)
+  # a runtime field: may be set over a pretrained Llama-family checkpoint, not over GPT-2's
+  from gradmem_jax.models import gguf, pretrained
+  assert 'attn_q_block' in pretrained.runtime_fields('llama')
+  assert 'attn_q_block' not in pretrained.runtime_fields('gpt2')
+  gguf._check_runtime({'attn_q_block': 0, 'dtype': 'bfloat16'})
+  with pytest.raises(ValueError, match='num_layers'):
+    gguf._check_runtime({'num_layers': 3})

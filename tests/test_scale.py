@@ -157,6 +157,8 @@ def test_auto_micro_batch_resolves_per_platform_and_context_length():
   assert auto_micro_batch(12, 1, 'cpu', 2000) == 1    # one sample is never split
   assert auto_micro_batch(64, 4, 'cpu', 100) == 32    # 8 per device
   assert auto_micro_batch(64, 1, 'gpu', 100) == 0
+  assert auto_micro_batch(12, 1, 'cpu', 100) == 6     # cap 8 does not divide 12: 6 does
+  assert auto_micro_batch(20, 2, 'cpu', 300) == 4     # 10 per device, cap 3: 2 per device
   assert kv_retrieval.get_config('paper_n16').optim.micro_batch_size == -1
   with pytest.raises(ValueError, match='optim.micro_batch_size'):
     kv_retrieval.get_config('tiny,optim.micro_batch_size=-2')

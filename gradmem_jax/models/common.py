@@ -184,15 +184,17 @@ def causal_attention(q: Array, k: Array, v: Array, *,
   if not deterministic and dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError('attention dropout needs a dropout rng')
   bounds = list(range(0, t, q_block)) + [t] if 0 < q_block < t else [0, t]
+  if len(bounds) > 2 and not deterministic and dropout_rate > 0.0:
+    raise ValueError('attention dropout with query blocks is not supported: set the block size '
+                     '(model.attn_q_block) to 0')
   outs = []
-  for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+  for s, e in zip(bounds[:-1], bounds[1:]):
     scores = at_least_f32(jnp.matmul(qh[:, s:e], jnp.swapaxes(kh[:, :e], 1, 2)))  # [B*H, e-s, e]
     causal = np.arange(e)[None, :] <= np.arange(s, e)[:, None]
     scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1)
     if not deterministic and dropout_rate > 0.0:
-      rng = dropout_rng if len(bounds) == 2 else jax.random.fold_in(dropout_rng, i)
-      keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs.shape)
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
       probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     outs.append(jnp.matmul(probs.astype(vh.dtype), vh[:, :e]))  # [B*H, e-s, dh]
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

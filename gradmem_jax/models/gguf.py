@@ -402,10 +402,11 @@ def _load_params(path: str, reader, backbone: Backbone) -> Params:
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:
-  bad = sorted(set(runtime) - set(pretrained.RUNTIME_FIELDS))
+  allowed = pretrained.runtime_fields('llama')
+  bad = sorted(set(runtime) - set(allowed))
   if bad:
     raise ValueError(f'load_gguf({bad[0]}=...): the architecture comes from the file; allowed '
-                     f'overrides: {list(pretrained.RUNTIME_FIELDS)}')
+                     f'overrides: {list(allowed)}')
 
 
 def _load(path: str, reader, meta: Mapping[str, Any], runtime: Mapping[str, Any]):

@@ -77,7 +77,7 @@ CPU_ATTN_Q_BLOCK = 128
 
 def attn_q_block(cfg: LlamaConfig) -> int:
   """model.attn_q_block resolved: -1 is CPU_ATTN_Q_BLOCK on a CPU backend, dense elsewhere (the
-  blocks were measured on CPU only: WORKSPACE.md, section 7)."""
+  blocks were measured on CPU only: WORKSPACE.md, section 8)."""
   if cfg.attn_q_block >= 0:
     return cfg.attn_q_block
   return CPU_ATTN_Q_BLOCK if jax.default_backend() == 'cpu' else 0

@@ -18,6 +18,14 @@ from gradmem_jax.models.base import FAMILIES, Backbone
 
 # Fields of config.model that every family may set on top of a checkpoint's architecture.
 RUNTIME_FIELDS = ('dtype', 'param_dtype', 'remat')
+
+
+def runtime_fields(kind: Optional[str] = None) -> tuple:
+  """RUNTIME_FIELDS plus the family's own (a config class's RUNTIME_FIELDS, e.g. Llama's
+  attn_q_block); every family's when `kind` is None."""
+  kinds = [kind] if kind else FAMILIES.names()
+  extra = [f for k in kinds for f in getattr(FAMILIES.get(k).config_cls, 'RUNTIME_FIELDS', ())]
+  return tuple(dict.fromkeys(RUNTIME_FIELDS + tuple(extra)))
 SOURCE_FIELDS = ('pretrained', 'hf_checkpoint')
 
 
@@ -98,7 +106,7 @@ def resolve_model_config(model: dict) -> dict:
   field = source_field(model)
   arch = checkpoint_model_config(path, field)
   family = FAMILIES.get(arch['kind'])
-  runtime = set(RUNTIME_FIELDS) | set(getattr(family.config_cls, 'RUNTIME_FIELDS', ()))
+  runtime = set(runtime_fields(arch['kind']))
   out = dict(arch)
   for key, value in model.items():
     if key in SOURCE_FIELDS or value is None:
