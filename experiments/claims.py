@@ -4,11 +4,14 @@ numbers, and the EM-vs-N figure (gradmem_jax/claims.py says how a claim is judge
   python -m experiments.sweep --sweep=configs/sweeps/claims.py:cpu --sweep_dir=runs/claims_cpu \
       --K_eval=1,2,5,8
   python -m experiments.claims --sweep_dir=runs/claims_cpu [--out=benchmarks/results/claims_cpu]
+  python -m experiments.claims --sweep_dir=runs/claims_tune --tuning   # the grid and TUNED
 
 Unfinished points are left out (each cell says how many seeds it has), so it can be rerun while a
 sweep is still going.
 """
 from __future__ import annotations
+
+import os
 
 from absl import app, flags
 
@@ -17,12 +20,23 @@ from gradmem_jax import claims, sweeps
 _SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'Claims sweep directory.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep directory).')
 _TITLE = flags.DEFINE_string('title', 'KV claims', 'Report title.')
+_TUNING = flags.DEFINE_bool('tuning', False, 'The sweep is the fairness grid (claims.py:tune): '
+                            'write tuning.md (the grid, best first) and print the TUNED settings.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   runs = sweeps.collect_finished(_SWEEP_DIR.value)
+  if _TUNING.value:
+    out_dir = _OUT.value or _SWEEP_DIR.value
+    os.makedirs(out_dir, exist_ok=True)
+    table, tuned = claims.tuning_report(runs)
+    md = f'# {_TITLE.value}: fairness grid\n\n{table}\nTUNED = {tuned!r}\n'
+    with open(os.path.join(out_dir, 'tuning.md'), 'w') as f:
+      f.write(md)
+    print(md)
+    return
   out = claims.make_claims_report(runs, _OUT.value or _SWEEP_DIR.value, title=_TITLE.value)
   print(out['markdown'])
   print('wrote ' + ', '.join(out['files']))

@@ -220,3 +220,44 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
       w.writerow([lab, n, c['em_mean'], c['em_std'], c['seeds'], c['steps'], c['minutes'],
                   PAPER.get(lab, {}).get(n)])
   return {'markdown': md, 'files': [md_path, csv_path] + files, 'cells': cs}
+
+
+# ------------------------------------------------------------------------------------------------
+# The fairness grid (configs/sweeps/claims.py:tune): its table and the settings for TUNED.
+
+TUNED_KEYS = {'gradmem': ('inner_lr', 'lr'), 'rmt': ('memory.rmt_update', 'lr')}
+
+
+def tuning_report(runs: Sequence[dict], n_pairs: int = 4) -> tuple[str, dict]:
+  """(Markdown table of the grid at `n_pairs`, best first per method; TUNED: per method the
+  overrides of its best point, ties broken by the earlier best step). Runs at other N (the
+  curriculum sources) are listed below the table, not ranked."""
+  rows, sources = {}, []
+  for r in runs:
+    method = r.get('method')
+    if method not in TUNED_KEYS:
+      continue
+    em = r.get('best', {}).get('em')
+    setting = {k: r['overrides'].get(k) for k in TUNED_KEYS[method]}
+    entry = (em, r.get('best_step'), setting, r.get('steps'), r.get('wall_time_s', 0) / 60)
+    if r.get('n_pairs') == n_pairs and em is not None:
+      rows.setdefault(method, []).append(entry)
+    else:
+      sources.append((method, r.get('n_pairs'), entry))
+  lines = [f'| method | setting | best EM at N={n_pairs} (%) | best step | steps | minutes |',
+           '|---|---|---|---|---|---|']
+  tuned = {}
+  for method in sorted(rows):
+    ranked = sorted(rows[method], key=lambda e: (-e[0], e[1] or 0))
+    tuned[method] = dict(ranked[0][2])
+    for em, best_step, setting, steps, minutes in ranked:
+      text = ', '.join(f'{k}={v}' for k, v in setting.items())
+      lines.append(f'| {method} | {text} | {100 * em:.1f} | {best_step} | {steps} | '
+                   f'{minutes:.1f} |')
+  if sources:
+    lines += ['', 'Curriculum sources and other runs (not ranked):', '']
+    for method, n, (em, _, setting, steps, minutes) in sorted(sources, key=lambda s: str(s)):
+      text = ', '.join(f'{k}={v}' for k, v in setting.items())
+      em_text = '-' if em is None else f'{100 * em:.1f}%'
+      lines.append(f'- {method} N={n} {text}: {em_text} EM, {steps} steps, {minutes:.1f} min')
+  return '\n'.join(lines) + '\n', tuned

@@ -169,3 +169,33 @@ def test_babi_table2_sweep_points():
   c = babi.get_config('gpt2,hf_checkpoint=/nowhere,' + sweeps.config_arg('x', s, qa3[0])
                       .partition(':')[2].replace('gpt2,', '', 1))
   assert (c.data.task_id, c.data.max_story_sentences, c.memory.inner_lr) == (3, 100, 0.4)
+
+
+def test_tuning_report_ranks_the_grid_and_names_the_tuned_settings(tmp_path):
+  def run(method, n, em, best_step, **overrides):
+    return {'method': method, 'n_pairs': n, 'best': {'em': em}, 'best_step': best_step,
+            'steps': 2000, 'wall_time_s': 120.0,
+            'overrides': dict(n_pairs=n, method=method, K=1, **overrides)}
+  runs = [run('gradmem', 2, 0.9, 2000, inner_lr=1.0, lr=1e-3),        # a source: not ranked
+          run('gradmem', 4, 0.40, 2000, inner_lr=0.3, lr=1e-3),
+          run('gradmem', 4, 0.55, 1500, inner_lr=1.0, lr=3e-3),
+          run('gradmem', 4, 0.55, 1000, inner_lr=3.0, lr=1e-3),        # tie: the earlier best wins
+          run('rmt', 4, 0.20, 500, **{'memory.rmt_update': 'replace', 'lr': 1e-3}),
+          run('rmt', 4, 0.25, 2000, **{'memory.rmt_update': 'residual', 'lr': 3e-4}),
+          run('full_context', 4, 1.0, 100)]                             # not a tuned method
+  table, tuned = claims.tuning_report(runs)
+  assert tuned == {'gradmem': {'inner_lr': 3.0, 'lr': 1e-3},
+                   'rmt': {'memory.rmt_update': 'residual', 'lr': 3e-4}}
+  rows = [l for l in table.splitlines() if l.startswith('| gradmem')]
+  assert [r.split('|')[2].strip() for r in rows] == [
+      'inner_lr=3.0, lr=0.001', 'inner_lr=1.0, lr=0.003', 'inner_lr=0.3, lr=0.001']
+  assert 'gradmem N=2 inner_lr=1.0, lr=0.001: 90.0% EM' in table and 'full_context' not in table
+  sd = tmp_path / 'sd'
+  for i, r in enumerate(runs):
+    os.makedirs(sd / f'p{i}')
+    with open(sd / f'p{i}' / 'results.json', 'w') as f:
+      json.dump({k: v for k, v in r.items() if k != 'overrides'}, f)
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
+                        '--tuning'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (sd / 'tuning.md').exists() and 'TUNED = ' in out.stdout
