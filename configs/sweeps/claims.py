@@ -26,10 +26,12 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
 """
 from gradmem_jax.sweeps import Sweep, concat, grid, slug, with_seeds
 
-# Chosen from the `tune` variant at N=4 (fill in from its report; until then the CPU preset's own
-# settings, which were chosen for GradMem K=2 at N=2).
+# From the `tune` variant (benchmarks/results/claims_tune/tuning.md, 2026-11-27): GradMem K=1 is
+# best at inner lr 0.3, outer lr 1e-3 (56.4% EM at N=4; inner lr 1.0, the CPU preset's, 11.4%).
+# RMT x1 learned nothing in 2,000 steps (N=2 sources 2-3.5%, N=4 0.5-1.8%: chance), so its grid
+# ranks nothing yet; it keeps the CPU preset's settings until a longer grid decides.
 TUNED = {
-    'gradmem': {'inner_lr': 1.0, 'lr': 1e-3},
+    'gradmem': {'inner_lr': 0.3, 'lr': 1e-3},
     'rmt': {'memory.rmt_update': 'replace', 'lr': 1e-3},
 }
 
