@@ -118,10 +118,10 @@ def run_one(args):
   micro = args.micro_batch
   if micro > 0 and args.batch % micro:
     micro = 0
+  extra = f',{args.overrides}' if args.overrides else ''
   config = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
                                    f'grad_mode={args.mode},batch_size={args.batch},'
-                                   f'optim.micro_batch_size={micro}'
-                                   + (f',{args.overrides}' if args.overrides else ''))
+                                   f'optim.micro_batch_size={micro}' + extra)
   config.memory.inner_remat = args.remat
   config.memory.inner_impl = args.impl
   config.eval.batch_size = args.batch
@@ -141,8 +141,7 @@ def run_one(args):
       # analysis counts a loop body once, so rolled loops would be undercounted).
       flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
                                          f'grad_mode={args.mode},batch_size={args.batch},'
-                                         'optim.micro_batch_size=0'
-                                         + (f',{args.overrides}' if args.overrides else ''))
+                                         'optim.micro_batch_size=0' + extra)
       flat_cfg.memory.inner_impl = args.impl
       flat = build_experiment(flat_cfg)
       flops, bytes_acc = cost_flops(
