@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2      # latest resumable checkpoints kept
   c.train.target_em = 0.0           # stop when validation EM reaches this (0: off)
   c.train.init_from = ''            # workdir (or checkpoint dir) to take initial params from
+  c.train.init_from_part = ''       # '' = all of them; 'backbone' = only the backbone (the run
+                                    # may be another method's, e.g. full context)
   c.train.log_every_s = 5.0         # console progress period
   c.train.max_minutes = 0.0         # stop (with a checkpoint) after this much wall time (0: off)
   c.train.on_nonfinite = 'stop'     # a non-finite loss/gradient/WRITE step: stop | skip | ignore

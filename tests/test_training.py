@@ -63,6 +63,49 @@ def test_init_from_copies_parameters(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_init_from_part_backbone_takes_another_methods_backbone(tmp_path):
+  """A full-context run's backbone under GradMem: the backbone is the source's, the memory
+  parameters are this run's fresh ones (what a run from scratch with the same seed draws)."""
+  src = tmp_path / 'src'
+  train_and_evaluate(kv_retrieval.get_config('tiny,method=full_context,m=0,max_steps=3'), str(src))
+  src_exp = build_experiment(kv_retrieval.get_config('tiny,method=full_context,m=0'))
+  src_best, _ = load_params(str(src), abstract_state(src_exp)[0]['params'])
+  config = kv_retrieval.get_config('tiny,max_steps=0')
+  config.train.init_from, config.train.init_from_part = str(src), 'backbone'
+  assert train_and_evaluate(config, str(tmp_path / 'dst'))['steps'] == 0
+  fresh = tmp_path / 'fresh'
+  train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=0'), str(fresh))
+  dst, _ = _params(tmp_path / 'dst', config)
+  ref, _ = _params(fresh, config)
+  assert set(dst) == {'backbone', 'memory'}
+  for a, b in zip(jax.tree_util.tree_leaves(src_best['backbone']),
+                  jax.tree_util.tree_leaves(dst['backbone'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for a, b in zip(jax.tree_util.tree_leaves(ref['memory']), jax.tree_util.tree_leaves(dst['memory'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The backbone really moved from the fresh one (the source trained 3 steps).
+  assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+      jax.tree_util.tree_leaves(ref['backbone']), jax.tree_util.tree_leaves(dst['backbone'])))
+
+
+@pytest.mark.parametrize('override,match', [
+    ("init_from_part='memory'", r"train.init_from_part='memory'.*'backbone'"),
+    ("init_from_part='backbone'", r'needs train.init_from'),
+    ('other_model', r'backbone/layers_1/.*missing from the checkpoint'),
+])
+def test_init_from_part_errors(tmp_path, override, match):
+  src = tmp_path / 'src'
+  train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=3'), str(src))
+  config = kv_retrieval.get_config('tiny,max_steps=0')
+  if override == 'other_model':
+    config = kv_retrieval.get_config('tiny,max_steps=0,model.num_layers=3')
+    config.train.init_from, config.train.init_from_part = str(src), 'backbone'
+  else:
+    config.train.init_from_part = override.split('=')[1].strip("'")
+  with pytest.raises(ValueError, match=match):
+    train_and_evaluate(config, str(tmp_path / 'dst'))
+
+
 def test_init_from_mismatched_model_errors(tmp_path):
   src = tmp_path / 'src'
   train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=3'), str(src))

@@ -328,10 +328,13 @@ def _list_damaged(damaged) -> str:
 # Loading parameters (train.init_from, evaluation).
 
 
-def load_params(path: str, abstract_params: Any) -> tuple[Any, dict]:
+def load_params(path: str, abstract_params: Any, part: str = '') -> tuple[Any, dict]:
   """Parameters from a run. `path` is a workdir (best, else latest checkpoint), a checkpoint
   manager directory (`<workdir>/best` or `<workdir>/checkpoints`: its newest step), or one step
   (`<workdir>/checkpoints/<step>`, `<workdir>/best/<step>`). Returns (params, meta).
+
+  With `part` (a top-level key such as 'backbone'), only that subtree is compared and returned:
+  `abstract_params` is then the subtree, and the run may have used another memory method.
 
   No fallback here: a damaged checkpoint raises DamagedCheckpointError and one of another model
   IncompatibleCheckpointError, each naming the path and the reason."""
@@ -341,7 +344,8 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, dict]:
   base, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
   item_of = {'best': 'params', 'checkpoints': 'state'}
   if base.isdigit() and parent in item_of:
-    return _load_step_params(os.path.dirname(path), int(base), item_of[parent], abstract_params)
+    return _load_step_params(os.path.dirname(path), int(base), item_of[parent], abstract_params,
+                             part)
   if base in item_of:
     candidates = [(path, item_of[base])]
   else:
@@ -349,12 +353,13 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, dict]:
   for directory, item in candidates:
     steps = _step_entries(directory)
     if steps:
-      return _load_step_params(directory, steps[0], item, abstract_params)
+      return _load_step_params(directory, steps[0], item, abstract_params, part)
   raise FileNotFoundError(f'no finished checkpoint under {path} (looked for best/ and '
                           'checkpoints/)')
 
 
-def _load_step_params(directory: str, step: int, item: str, abstract_params: Any):
+def _load_step_params(directory: str, step: int, item: str, abstract_params: Any,
+                      part: str = ''):
   step_dir = os.path.join(directory, str(step))
   try:
     _check_files(step_dir, (item, 'meta'))
@@ -362,7 +367,26 @@ def _load_step_params(directory: str, step: int, item: str, abstract_params: Any
     stored = _paths_and_shapes(stored_tree)
     if item == 'state':
       stored = {k[len('params/'):]: v for k, v in stored.items() if k.startswith('params/')}
-    _compare(stored, _paths_and_shapes(abstract_params), step_dir)
+    if part:
+      if not any(k.startswith(part + '/') for k in stored):
+        raise _incompatible(step_dir, f'it has no {part!r} parameters')
+      stored = {k: v for k, v in stored.items() if k.startswith(part + '/')}
+      _compare(stored, {f'{part}/{k}': v for k, v in _paths_and_shapes(abstract_params).items()},
+               step_dir)
+    else:
+      _compare(stored, _paths_and_shapes(abstract_params), step_dir)
+    if part:  # restore the stored tree whole (another method's), keep the part
+      mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                   item_names=(item, 'meta'))
+      try:
+        tree, meta = _restore_step(mngr, step, item, _replicated_target(stored_tree))
+      finally:
+        mngr.close()
+      params = (tree['params'] if item == 'state' else tree)[part]
+      params = jax.tree_util.tree_map(lambda x, a: jax.device_put(x, a.sharding)
+                                      if getattr(a, 'sharding', None) is not None else x,
+                                      params, abstract_params)
+      return params, dict(meta, step=step)
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                  item_names=(item, 'meta'))
     try:

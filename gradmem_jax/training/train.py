@@ -82,6 +82,7 @@ class Prefetcher:
 
 
 ON_NONFINITE = ('stop', 'skip', 'ignore')
+INIT_FROM_PARTS = ('', 'backbone')
 
 
 class NonFiniteError(FloatingPointError):
@@ -128,7 +129,8 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
   """The train state to start from -> (state, meta, resumed). The order:
 
   1. resume: the workdir's latest checkpoint (params, optimizer state, step, data position);
-  2. train.init_from: parameters of another run (a curriculum step), fresh optimizer;
+  2. train.init_from: parameters of another run (a curriculum step), fresh optimizer; with
+     train.init_from_part='backbone' only its backbone (e.g. a full-context run's, under GradMem);
   3. a pretrained backbone named in config.model (memory parameters initialised from it);
   4. fresh parameters from config.seed.
   """
@@ -140,7 +142,19 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
     return state, meta, True
   init = jax.jit(functools.partial(init_state, exp), out_shardings=shardings)
   state = init(jax.random.PRNGKey(cfg.seed))
-  if cfg.train.init_from:
+  part = str(cfg.train.get('init_from_part', '') or '')
+  if part not in INIT_FROM_PARTS:
+    raise ValueError(f'train.init_from_part={part!r}: expected one of {INIT_FROM_PARTS} ('' = '
+                     'all parameters)')
+  if part and not cfg.train.init_from:
+    raise ValueError(f'train.init_from_part={part!r} needs train.init_from (the run to take the '
+                     f'{part} from)')
+  if cfg.train.init_from and part:
+    sub, src = load_params(cfg.train.init_from, abstract['params'][part], part=part)
+    params = dict(state['params'], **{part: sub})
+    say(f'initialised the {part} from {cfg.train.init_from} (step {src.get("step")}); the other '
+        'parameters are fresh')
+  elif cfg.train.init_from:
     params, src = load_params(cfg.train.init_from, abstract['params'])
     say(f'initialised params from {cfg.train.init_from} (step {src.get("step")})')
   else:
