@@ -99,6 +99,17 @@ def test_claims_sweep_curriculum_in_n():
     else:
       assert sweeps.slug(p) not in tune.init_from
   sweeps.validate_points('configs/kv_retrieval.py', tune)
+  depth = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:depth'))
+  assert [(p['method'], p['n_pairs']) for p in depth.points] == [
+      ('gradmem', 2), ('gradmem', 4), ('rmt', 2), ('rmt', 4)]
+  assert 'model.num_layers=4' in depth.base
+  sweeps.validate_points('configs/kv_retrieval.py', depth)
+  # RMT runs with the projection its forward writer needs; the paper variant keeps the paper's
+  # recipe (no CPU-tuned learning rates or step counts on top of paper_n16).
+  assert all(p['memory.mem_proj'] == 'proj' for p in s.points if p['method'] == 'rmt')
+  paper = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:paper'))
+  assert not any({'lr', 'inner_lr', 'max_steps'} & set(p) for p in paper.points)
+  assert all(p['memory.mem_proj'] == 'proj' for p in paper.points if p['method'] == 'rmt')
 
 
 def test_a_point_whose_curriculum_source_failed_is_not_run(tmp_path):

@@ -13,8 +13,10 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              x1/x2/x5 (replace; residual where TUNED says), first-order GradMem K=1/2, seeds 0-2.
              Curriculum in N as the paper: each N > 2 starts from the same method's and seed's
              best parameters at the previous N (fresh optimizer). Every point stops at 99% EM or
-             4,000 steps.
+             4,000 steps (RMT: 12,000, see TUNED).
   cpu_seed0  `cpu` with seed 0 only (a third of the runs: the first pass).
+  depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
+             seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
              warmup 10k, batch 64, stop at EM 1.0), N in {4, 8, 16, 32, 64}, seeds 0-2: for a GPU or
              a TPU pod (`--dry_run` prints one command per point).
@@ -28,23 +30,41 @@ from gradmem_jax.sweeps import Sweep, concat, grid, slug, with_seeds
 
 # From the `tune` variant (benchmarks/results/claims_tune/tuning.md, 2026-11-27): GradMem K=1 is
 # best at inner lr 0.3, outer lr 1e-3 (56.4% EM at N=4; inner lr 1.0, the CPU preset's, 11.4%).
-# RMT x1 learned nothing in 2,000 steps (N=2 sources 2-3.5%, N=4 0.5-1.8%: chance), so its grid
-# ranks nothing yet; it keeps the CPU preset's settings until a longer grid decides.
+# RMT x1 learned nothing there (chance at N=2 and N=4): without a memory projection the 2-layer
+# model's forward writer stays at 0% EM even at N=2 after 12,000 steps, while with the learned
+# projection (memory.mem_proj='proj', identity init) it learns, slowly (N=2: 14% EM at 6,000
+# steps and rising; benchmarks/results/claims_tune/rmt_depth.md). So RMT takes the projection and
+# three times GradMem's step budget (its steps cost about 0.6x GradMem K=1's on this CPU: about
+# 1.8x GradMem's wall time).
 TUNED = {
     'gradmem': {'inner_lr': 0.3, 'lr': 1e-3},
-    'rmt': {'memory.rmt_update': 'replace', 'lr': 1e-3},
+    'rmt': {'memory.rmt_update': 'replace', 'memory.mem_proj': 'proj', 'lr': 1e-3,
+            'max_steps': 12000},
 }
 
-METHODS = (
-    [dict(method='gradmem', K=k, **TUNED['gradmem']) for k in (1, 2, 5)]
-    + [dict(method='rmt', K=k, **TUNED['rmt']) for k in (1, 2, 5)]
-    + [dict(method='gradmem', K=k, grad_mode='first', **TUNED['gradmem']) for k in (1, 2)])
+def _methods(tuned: dict) -> list[dict]:
+  return ([dict(method='gradmem', K=k, **tuned['gradmem']) for k in (1, 2, 5)]
+          + [dict(method='rmt', K=k, **tuned['rmt']) for k in (1, 2, 5)]
+          + [dict(method='gradmem', K=k, grad_mode='first', **tuned['gradmem']) for k in (1, 2)])
 
 
-def _claims(name: str, ns, seeds, base: str, description: str) -> Sweep:
+METHODS = _methods(TUNED)
+# The paper variant keeps the paper's recipe (paper_n16's lr, inner lr and steps); only RMT's
+# projection, which its forward writer needs, carries over from the CPU tuning.
+PAPER_METHODS = _methods({'gradmem': {}, 'rmt': {'memory.mem_proj': 'proj'}})
+
+
+# The depth check of claim 1: does GradMem's lead hold on a deeper model, where the forward
+# writer learns faster? (Without a projection, RMT x1 stays at 0% on 2 layers and learns on 4:
+# 37.7% at N=2 after 6,000 steps; benchmarks/results/claims_tune/rmt_depth.md.)
+DEPTH_METHODS = [dict(method='gradmem', K=1, **TUNED['gradmem']), dict(method='rmt', K=1,
+                                                                         **TUNED['rmt'])]
+
+
+def _claims(name: str, ns, seeds, base: str, description: str, methods=None) -> Sweep:
   points, init_from = [], {}
   for seed in seeds:
-    for m in METHODS:
+    for m in (METHODS if methods is None else methods):
       prev = None
       for n in ns:  # ascending N: the curriculum source comes first
         p = dict(n_pairs=n, **m, seed=seed)
@@ -92,7 +112,12 @@ def get_sweep(arg=None):
   if variant == 'cpu_seed0':
     return _claims('claims_cpu', [2, 4, 8], [0], cpu_base,
                    'KV claims at CPU scale, seed 0 (first pass)')
+  if variant == 'depth':
+    return _claims('claims_depth', [2, 4], [0],
+                   'model.num_layers=4,max_steps=8000,train.eval_every=500,train.target_em=0.99',
+                   'claim 1 on a 4-layer CPU model, where RMT x1 learns', methods=DEPTH_METHODS)
   if variant == 'paper':
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
-                   'KV claims, paper model and recipe, curriculum in N')
-  raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, paper')
+                   'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
+  raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, depth, '
+                   'paper')
