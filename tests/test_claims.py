@@ -84,6 +84,9 @@ def test_report_files_table_and_claims(tmp_path):
 def test_claims_sweep_curriculum_in_n():
   s = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:cpu_seed0'))
   assert len(s.points) == 8 * 3  # 8 method settings x N in {2, 4, 8}, seed 0
+  # Claims 1 and 3 (the K=1 settings) come first, so a partial pass answers them at every N.
+  assert [(p['method'], p['K'], p.get('grad_mode', 'second')) for p in s.points[:9:3]] == [
+      ('gradmem', 1, 'second'), ('rmt', 1, 'second'), ('gradmem', 1, 'first')]
   n4 = [p for p in s.points if p['n_pairs'] == 4 and p['method'] == 'rmt' and p['K'] == 5][0]
   src = s.init_from[sweeps.slug(n4)]
   assert src == sweeps.slug(dict(n4, n_pairs=2))  # same method and seed, previous N
