@@ -35,7 +35,7 @@ ALIASES = dict(kv_retrieval.ALIASES, task_id='data.task_id', babi_dir='data.babi
 ALIASES.pop('n_pairs')
 
 # experiments.compare's default entries: GradMem, RMT x1 with the same memory, full context.
-COMPARE = ('gradmem', 'rmt:K=1', 'full_context')
+COMPARE = ('gradmem', common.RMT_COMPARE, 'full_context')
 PAPER_TASKS = (1, 2, 3, 4, 5)
 
 

@@ -37,7 +37,7 @@ ALIASES = {
 
 PAPER_N = (4, 8, 16, 32, 64, 96)
 # experiments.compare's default entries: GradMem, RMT x1 with the same memory, full context.
-COMPARE = ('gradmem', 'rmt:K=1', 'full_context')
+COMPARE = ('gradmem', common.RMT_COMPARE, 'full_context')
 
 
 def base_config() -> ml_collections.ConfigDict:

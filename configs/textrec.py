@@ -34,7 +34,7 @@ ALIASES = dict(kv_retrieval.ALIASES, source='data.source', min_len='data.min_len
 ALIASES.pop('n_pairs')
 
 # experiments.compare's default entries: GradMem, RMT x1 with the same memory, full context.
-COMPARE = ('gradmem', 'rmt:K=1', 'full_context')
+COMPARE = ('gradmem', common.RMT_COMPARE, 'full_context')
 
 
 def base_config() -> ml_collections.ConfigDict:

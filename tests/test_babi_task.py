@@ -124,8 +124,9 @@ def test_babi_presets_splits_and_lengths(tmp_path):
                                                                                      'proj', 5)
   assert (g.optim.lr, g.optim.batch_size, g.optim.warmup_steps) == (1e-4, 64, 10_000)
   assert g.data.tokenizer == 'model' and g.data.task_id == 2
-  assert babi_config.COMPARE == ('gradmem', 'rmt:K=1', 'full_context')
+  assert babi_config.COMPARE == ('gradmem', 'rmt:K=1;memory.mem_proj=proj', 'full_context')
   assert babi_config.get_config('rmt').memory.method == 'rmt'
+  assert babi_config.get_config('rmt').memory.mem_proj == 'proj'  # RMT's forward writer needs it
 
 
 @pytest.mark.parametrize('make, error', [
