@@ -183,6 +183,10 @@ def test_babi_table2_sweep_points():
   c = babi.get_config('gpt2,hf_checkpoint=/nowhere,' + sweeps.config_arg('x', s, qa3[0])
                       .partition(':')[2].replace('gpt2,', '', 1))
   assert (c.data.task_id, c.data.max_story_sentences, c.memory.inner_lr) == (3, 100, 0.4)
+  cpu = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/babi_table2.py:cpu'))
+  assert len(cpu.points) == 5 * 3 and 'minutes=10' in cpu.base
+  assert all(p['memory.mem_proj'] == 'proj' for p in cpu.points if p['method'] == 'rmt')
+  sweeps.validate_points('configs/babi.py', cpu)
 
 
 def test_tuning_report_ranks_the_grid_and_names_the_tuned_settings(tmp_path):

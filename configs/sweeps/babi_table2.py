@@ -12,6 +12,14 @@ lr 1e-4, batch 64, 10k warmup, stop at EM 1.0). QA3 keeps each story's last 100 
 stories (1,333 words) do not fit GPT-2's 1,024 positions, and 99% of them have at most 180
 statements, so this cuts about 5% of the QA3 stories and never drops a supporting fact. Variant
 `qa1` runs QA1 alone.
+
+Variant `cpu`: issue 13's from-scratch table on 2 CPU cores. The default CPU model of
+configs/babi.py (word-level 2x64 Llama), QA1-QA5 x {GradMem K=1, RMT x1 with the memory projection,
+full context}, 10 minutes of training each (about 2.5 hours in all):
+
+  python -m experiments.sweep --config=configs/babi.py --sweep=configs/sweeps/babi_table2.py:cpu \
+      --sweep_dir=runs/babi_cpu_table
+  python -m experiments.report --sweep_dir=runs/babi_cpu_table
 """
 from gradmem_jax.sweeps import Sweep, concat, grid
 
@@ -29,12 +37,22 @@ def _points(tasks):
   return pts
 
 
+def _cpu_points():
+  methods = [dict(method='gradmem', K=1), {'method': 'rmt', 'K': 1, 'memory.mem_proj': 'proj'},
+             dict(method='full_context')]
+  return [dict(task_id=t, **m) for t in (1, 2, 3, 4, 5) for m in methods]
+
+
 def get_sweep(arg=None):
   variant = arg or 'all'
+  if variant == 'cpu':
+    return Sweep('babi_cpu_table', _cpu_points(), base='steps=20000,minutes=10',
+                 description='bAbI QA1-5 from scratch on CPU, 10 minutes per run',
+                 figures=('em_vs:babi_task',))
   if variant == 'all':
     return Sweep('babi_table2', _points([1, 2, 3, 4, 5]), base='gpt2',
                  description='Table 2 bAbI rows, pretrained GPT-2 124M', figures=('em_vs:babi_task',))
   if variant == 'qa1':
     return Sweep('babi_table2_qa1', _points([1]), base='gpt2',
                  description='Table 2 bAbI QA1, pretrained GPT-2 124M', figures=('em_by_method',))
-  raise ValueError(f'unknown variant {variant!r}; allowed: all, qa1')
+  raise ValueError(f'unknown variant {variant!r}; allowed: all, qa1, cpu')
