@@ -141,6 +141,21 @@ def load_module_file(path: str, what: str, entry: str):
   return module
 
 
+INIT_FROM_PARTS = ('', 'backbone')
+
+
+def check_init_from_part(train_cfg) -> str:
+  """train.init_from_part, checked: '' (all parameters) or 'backbone', the latter with init_from."""
+  part = str(train_cfg.get('init_from_part', '') or '')
+  if part not in INIT_FROM_PARTS:
+    raise ValueError(f"train.init_from_part={part!r}: expected one of {INIT_FROM_PARTS} ('' = all "
+                     "of init_from's parameters)")
+  if part and not train_cfg.get('init_from', ''):
+    raise ValueError(f'train.init_from_part={part!r} needs train.init_from (the run to take the '
+                     f'{part} from)')
+  return part
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks every section; raises ValueError naming the offending field."""
   from gradmem_jax.data import task_config
@@ -171,6 +186,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   t = config.train
   if t.max_steps < 0 or t.eval_every < 1 or t.checkpoint_every < 1:
     raise ValueError('train.max_steps must be >= 0, train.eval_every and train.checkpoint_every >= 1')
+  check_init_from_part(t)
   if not 0 < t.target_em <= 1.0 + 1e-9 and t.target_em != 0:
     raise ValueError(f'train.target_em must be in (0, 1] (0: off), got {t.target_em}')
   if config.eval.batch_size < 1:

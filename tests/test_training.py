@@ -63,29 +63,38 @@ def test_init_from_copies_parameters(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_init_from_part_backbone_takes_another_methods_backbone(tmp_path):
-  """A full-context run's backbone under GradMem: the backbone is the source's, the memory
-  parameters are this run's fresh ones (what a run from scratch with the same seed draws)."""
+@pytest.mark.parametrize('source,where', [('method=full_context,m=0', ''),
+                                          ('lr=1e-2', 'checkpoints')])
+def test_init_from_part_backbone_takes_only_the_backbone(tmp_path, source, where):
+  """The backbone of another run (a full-context one, or a GradMem one read from its resumable
+  checkpoints) under GradMem: the backbone is the source's; the memory parameters are this run's
+  own, built on that backbone (the write head copies its output embedding), never the source's."""
   src = tmp_path / 'src'
-  train_and_evaluate(kv_retrieval.get_config('tiny,method=full_context,m=0,max_steps=3'), str(src))
-  src_exp = build_experiment(kv_retrieval.get_config('tiny,method=full_context,m=0'))
-  src_best, _ = load_params(str(src), abstract_state(src_exp)[0]['params'])
+  src_config = kv_retrieval.get_config(f'tiny,{source},max_steps=3')
+  train_and_evaluate(src_config, str(src))
+  src_params, _ = load_params(str(src / where) if where else str(src),
+                              abstract_state(build_experiment(src_config))[0]['params'])
   config = kv_retrieval.get_config('tiny,max_steps=0')
-  config.train.init_from, config.train.init_from_part = str(src), 'backbone'
+  config.train.init_from = str(src / where) if where else str(src)
+  config.train.init_from_part = 'backbone'
   assert train_and_evaluate(config, str(tmp_path / 'dst'))['steps'] == 0
   fresh = tmp_path / 'fresh'
   train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=0'), str(fresh))
   dst, _ = _params(tmp_path / 'dst', config)
   ref, _ = _params(fresh, config)
-  assert set(dst) == {'backbone', 'memory'}
-  for a, b in zip(jax.tree_util.tree_leaves(src_best['backbone']),
-                  jax.tree_util.tree_leaves(dst['backbone'])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for a, b in zip(jax.tree_util.tree_leaves(ref['memory']), jax.tree_util.tree_leaves(dst['memory'])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # The backbone really moved from the fresh one (the source trained 3 steps).
-  assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
-      jax.tree_util.tree_leaves(ref['backbone']), jax.tree_util.tree_leaves(dst['backbone'])))
+  leaves = lambda t: [np.asarray(x) for x in jax.tree_util.tree_leaves(t)]
+  for a, b in zip(leaves(src_params['backbone']), leaves(dst['backbone'])):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(leaves(ref['backbone']),
+                                                        leaves(dst['backbone'])))
+  exp = build_experiment(config)
+  np.testing.assert_array_equal(np.asarray(dst['memory']['write_head']),
+                                np.asarray(exp.backbone.output_embedding(src_params['backbone'])))
+  np.testing.assert_array_equal(np.asarray(dst['memory']['mem_init']),
+                                np.asarray(ref['memory']['mem_init']))
+  if 'mem_init' in src_params['memory']:  # the source's trained memory is not taken
+    assert not np.array_equal(np.asarray(dst['memory']['mem_init']),
+                              np.asarray(src_params['memory']['mem_init']))
 
 
 @pytest.mark.parametrize('override,match', [
@@ -102,6 +111,8 @@ def test_init_from_part_errors(tmp_path, override, match):
     config.train.init_from, config.train.init_from_part = str(src), 'backbone'
   else:
     config.train.init_from_part = override.split('=')[1].strip("'")
+    with pytest.raises(ValueError, match=match):  # refused when the config is built, too
+      kv_retrieval.get_config('tiny,train.init_from_part=' + config.train.init_from_part)
   with pytest.raises(ValueError, match=match):
     train_and_evaluate(config, str(tmp_path / 'dst'))
 

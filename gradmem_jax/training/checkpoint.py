@@ -375,18 +375,19 @@ def _load_step_params(directory: str, step: int, item: str, abstract_params: Any
                step_dir)
     else:
       _compare(stored, _paths_and_shapes(abstract_params), step_dir)
-    if part:  # restore the stored tree whole (another method's), keep the part
+    if part:
+      # Restore the stored tree whole (another method's): the part straight onto this model's
+      # shardings (an FSDP backbone is never gathered), the rest replicated and then dropped.
+      target = _replicated_target(stored_tree)
+      holder = target['params'] if item == 'state' else target
+      holder[part] = _abstract(abstract_params)
       mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                    item_names=(item, 'meta'))
       try:
-        tree, meta = _restore_step(mngr, step, item, _replicated_target(stored_tree))
+        tree, meta = _restore_step(mngr, step, item, target)
       finally:
         mngr.close()
-      params = (tree['params'] if item == 'state' else tree)[part]
-      params = jax.tree_util.tree_map(lambda x, a: jax.device_put(x, a.sharding)
-                                      if getattr(a, 'sharding', None) is not None else x,
-                                      params, abstract_params)
-      return params, dict(meta, step=step)
+      return (tree['params'] if item == 'state' else tree)[part], dict(meta, step=step)
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                  item_names=(item, 'meta'))
     try:

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gradmem_jax import config_lib
 from gradmem_jax.data import BATCH_SPEC
 from gradmem_jax.models import pretrained as pretrained_lib
 from gradmem_jax.training import mesh as mesh_lib
@@ -82,7 +83,6 @@ class Prefetcher:
 
 
 ON_NONFINITE = ('stop', 'skip', 'ignore')
-INIT_FROM_PARTS = ('', 'backbone')
 
 
 class NonFiniteError(FloatingPointError):
@@ -142,18 +142,15 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
     return state, meta, True
   init = jax.jit(functools.partial(init_state, exp), out_shardings=shardings)
   state = init(jax.random.PRNGKey(cfg.seed))
-  part = str(cfg.train.get('init_from_part', '') or '')
-  if part not in INIT_FROM_PARTS:
-    raise ValueError(f'train.init_from_part={part!r}: expected one of {INIT_FROM_PARTS} ('' = '
-                     'all parameters)')
-  if part and not cfg.train.init_from:
-    raise ValueError(f'train.init_from_part={part!r} needs train.init_from (the run to take the '
-                     f'{part} from)')
+  part = config_lib.check_init_from_part(cfg.train)
   if cfg.train.init_from and part:
     sub, src = load_params(cfg.train.init_from, abstract['params'][part], part=part)
-    params = dict(state['params'], **{part: sub})
-    say(f'initialised the {part} from {cfg.train.init_from} (step {src.get("step")}); the other '
-        'parameters are fresh')
+    # The memory parameters are initialised from the loaded backbone (the write head copies its
+    # output embedding), with this run's seed: as from a pretrained checkpoint.
+    params = jax.jit(lambda k, bb: exp.method.init_params(k, backbone_params=bb),
+                     out_shardings=shardings['params'])(jax.random.PRNGKey(cfg.seed), sub)
+    say(f'initialised the {part} from {cfg.train.init_from} (step {src.get("step")}); the memory '
+        'parameters are fresh, built on it')
   elif cfg.train.init_from:
     params, src = load_params(cfg.train.init_from, abstract['params'])
     say(f'initialised params from {cfg.train.init_from} (step {src.get("step")})')
