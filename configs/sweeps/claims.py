@@ -11,6 +11,8 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              (2,000 steps, lr 1e-3). Put the winners in TUNED below.
   cpu        the claims at CPU scale: the default CPU model, N in {2, 4, 8}, GradMem K=1/2/5, RMT
              x1/x2/x5 (replace; residual where TUNED says), first-order GradMem K=1/2, seeds 0-2.
+             RMT points carry TUNED's max_steps=12000, which a user's `steps=` does not shorten
+             (a point's own values are applied last).
              Curriculum in N as the paper: each N > 2 starts from the same method's and seed's
              best parameters at the previous N (fresh optimizer). Every point stops at 99% EM or
              4,000 steps (RMT: 12,000, see TUNED).
@@ -54,9 +56,9 @@ def _methods(tuned: dict) -> list[dict]:
 
 
 METHODS = _methods(TUNED)
-# The paper variant keeps the paper's recipe (paper_n16's lr, inner lr and steps); only RMT's
-# projection, which its forward writer needs, carries over from the CPU tuning.
-PAPER_METHODS = _methods({'gradmem': {}, 'rmt': {'memory.mem_proj': 'proj'}})
+# The paper variant keeps the paper's recipe (paper_n16: lr, inner lr, steps, no memory
+# projection); the 4-layer paper model's RMT learns without one (rmt_depth.md).
+PAPER_METHODS = _methods({'gradmem': {}, 'rmt': {}})
 
 
 # The depth check of claim 1: does GradMem's lead hold on a deeper model, where the forward

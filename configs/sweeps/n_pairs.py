@@ -5,8 +5,10 @@ from gradmem_jax.sweeps import Sweep, concat, grid, with_seeds
 def get_sweep(arg=None):
   variant = arg or 'cpu'
   if variant == 'cpu':
+    # RMT with the learned memory projection: without it the 2-layer CPU model's forward writer
+    # collapses (benchmarks/results/claims_tune/rmt_depth.md).
     pts = concat(grid(n_pairs=[2, 4], method=['gradmem'], K=[1, 2]),
-                 grid(n_pairs=[2, 4], method=['rmt'], K=[1]))
+                 grid(n_pairs=[2, 4], method=['rmt'], K=[1], **{'memory.mem_proj': ['proj']}))
     return Sweep('n_pairs_cpu', pts, base='max_steps=2000,train.eval_every=500',
                  description='N sweep on the CPU preset', figures=('em_vs:n_pairs',))
   if variant == 'paper':
