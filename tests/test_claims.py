@@ -189,6 +189,26 @@ def test_babi_table2_sweep_points():
   sweeps.validate_points('configs/babi.py', cpu)
 
 
+def test_babi_curriculum_sweep_chains_story_lengths_per_method():
+  s = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/babi_curriculum.py'))
+  assert [(p['method'], p['max_story_sentences']) for p in s.points] == [
+      (m, c) for m in ('gradmem', 'rmt', 'full_context') for c in (2, 4, 0)]
+  for p in s.points:  # each later stage starts from the same method's previous stage
+    src = s.init_from.get(sweeps.slug(p))
+    if p['max_story_sentences'] == 2:
+      assert src is None
+    else:
+      prev = {4: 2, 0: 4}[p['max_story_sentences']]
+      assert [q for q in s.points if sweeps.slug(q) == src][0] == dict(
+          p, max_story_sentences=prev, max_steps=dict((c, n) for c, n in
+                                                      [(2, 4000), (4, 3000), (0, 6000)])[prev])
+  sweeps.validate_points('configs/babi.py', s)
+  assert all(p['task_id'] == 3 for p in
+             sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/babi_curriculum.py:qa:3')).points)
+  with pytest.raises(ValueError, match='qa:1 .. qa:5'):
+    sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/babi_curriculum.py:qa:9'))
+
+
 def test_tuning_report_ranks_the_grid_and_names_the_tuned_settings(tmp_path):
   def run(method, n, em, best_step, **overrides):
     return {'method': method, 'n_pairs': n, 'best': {'em': em}, 'best_step': best_step,

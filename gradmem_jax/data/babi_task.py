@@ -195,6 +195,8 @@ class BabiTask(FixedSetStream):
       out['variant'] = self.cfg.variant
     if self.cfg.eval_split != 'valid':
       out['eval_split'] = self.cfg.eval_split
+    if self.cfg.max_story_sentences:  # cut stories are another task (validation is cut too)
+      out['max_story_sentences'] = self.cfg.max_story_sentences
     return out
 
   @property
