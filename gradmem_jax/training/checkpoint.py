@@ -367,42 +367,35 @@ def _load_step_params(directory: str, step: int, item: str, abstract_params: Any
     stored = _paths_and_shapes(stored_tree)
     if item == 'state':
       stored = {k[len('params/'):]: v for k, v in stored.items() if k.startswith('params/')}
-    if part:
+    expected = _paths_and_shapes(abstract_params)
+    if part:  # only this subtree; the rest may be another method's
       if not any(k.startswith(part + '/') for k in stored):
         raise _incompatible(step_dir, f'it has no {part!r} parameters')
       stored = {k: v for k, v in stored.items() if k.startswith(part + '/')}
-      _compare(stored, {f'{part}/{k}': v for k, v in _paths_and_shapes(abstract_params).items()},
-               step_dir)
+      expected = {f'{part}/{k}': v for k, v in expected.items()}
+    _compare(stored, expected, step_dir)
+    if item == 'params' and not part:
+      target = _abstract(abstract_params)
     else:
-      _compare(stored, _paths_and_shapes(abstract_params), step_dir)
-    if part:
-      # Restore the stored tree whole (another method's): the part straight onto this model's
-      # shardings (an FSDP backbone is never gathered), the rest replicated and then dropped.
+      # A resumable checkpoint (its optimizer state may differ from ours) or another run's tree:
+      # restore it whole onto this process's devices, whatever topology wrote it. A part goes
+      # straight onto this model's shardings (an FSDP backbone is never gathered).
       target = _replicated_target(stored_tree)
-      holder = target['params'] if item == 'state' else target
-      holder[part] = _abstract(abstract_params)
-      mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                   item_names=(item, 'meta'))
-      try:
-        tree, meta = _restore_step(mngr, step, item, target)
-      finally:
-        mngr.close()
-      return (tree['params'] if item == 'state' else tree)[part], dict(meta, step=step)
+      if part:
+        (target['params'] if item == 'state' else target)[part] = _abstract(abstract_params)
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                  item_names=(item, 'meta'))
     try:
-      if item == 'params':
-        params, meta = _restore_step(mngr, step, 'params', _abstract(abstract_params))
-      else:
-        # A resumable checkpoint: restore it whole (its optimizer state may differ from ours),
-        # onto this process's devices whatever topology wrote it, and keep the parameters.
-        state, meta = _restore_step(mngr, step, 'state', _replicated_target(stored_tree))
-        params = state['params']
-        params = jax.tree_util.tree_map(lambda x, a: jax.device_put(x, a.sharding)
-                                        if getattr(a, 'sharding', None) is not None else x,
-                                        params, abstract_params)
+      tree, meta = _restore_step(mngr, step, item, target)
     finally:
       mngr.close()
+    params = tree['params'] if item == 'state' else tree
+    if part:
+      params = params[part]
+    elif item == 'state':
+      params = jax.tree_util.tree_map(lambda x, a: jax.device_put(x, a.sharding)
+                                      if getattr(a, 'sharding', None) is not None else x,
+                                      params, abstract_params)
   except _Damaged as d:
     others = [os.path.join(directory, str(s)) for s in _step_entries(directory) if s != step]
     if os.path.basename(directory) == 'best':
