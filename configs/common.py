@@ -38,10 +38,11 @@ def build(arg, base: ml_collections.ConfigDict, presets, aliases) -> ml_collecti
   return config
 
 
-# RMT's entry in each task's COMPARE list: x1 with the learned memory projection. Without it the
+# RMT x1 with the learned memory projection, for sweeps and each task's COMPARE list. Without it the
 # 2-layer CPU model's forward writer collapses (the same memory for every context: 0% EM at 2 KV
 # pairs after 12,000 steps); with it, it learns (benchmarks/results/claims_tune/rmt_depth.md).
-RMT_COMPARE = 'rmt:K=1;memory.mem_proj=proj'
+RMT_X1 = {'method': 'rmt', 'K': 1, 'memory.mem_proj': 'proj'}  # as sweep-point overrides
+RMT_COMPARE = 'rmt:' + ';'.join(f'{k}={v}' for k, v in RMT_X1.items() if k != 'method')
 
 
 def rmt(c):

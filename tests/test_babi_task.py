@@ -109,6 +109,9 @@ def test_babi_presets_splits_and_lengths(tmp_path):
   assert c.data.task_id == 3
   task = build_task(c.data)
   assert task.identity() == {'task': 'babi', 'babi_task': 3, 'eval_split': 'test'}
+  # cut stories are another task: reports tell a curriculum's stages apart
+  cut = build_task(babi_config.get_config('qa1,max_story_sentences=2,n_val=50').data)
+  assert cut.identity() == {'task': 'babi', 'babi_task': 1, 'max_story_sentences': 2}
   assert len(task.train_set) == 900 and len(task.validation_set()) == 50
   assert 'en/qa3_three-supporting-facts_train.txt.gz instead' in task.summary  # the fallback
   with pytest.raises(ValueError, match=r'data.context_len=40 is shorter than question en-10k/'

@@ -200,8 +200,7 @@ def test_babi_curriculum_sweep_chains_story_lengths_per_method():
     else:
       prev = {4: 2, 0: 4}[p['max_story_sentences']]
       assert [q for q in s.points if sweeps.slug(q) == src][0] == dict(
-          p, max_story_sentences=prev, max_steps=dict((c, n) for c, n in
-                                                      [(2, 4000), (4, 3000), (0, 6000)])[prev])
+          p, max_story_sentences=prev, max_steps={2: 4000, 4: 3000}[prev])
   sweeps.validate_points('configs/babi.py', s)
   assert all(p['task_id'] == 3 for p in
              sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/babi_curriculum.py:qa:3')).points)

@@ -20,11 +20,12 @@ validation EM (on its own stories).
 
 Variant `qa:T` runs bAbI task T (1-5) instead of QA1.
 """
+from configs.common import RMT_X1
 from gradmem_jax.sweeps import Sweep, slug
 
 STAGES = ((2, 4000), (4, 3000), (0, 6000))  # (max_story_sentences, max steps); 0 = whole stories
 METHODS = ({'method': 'gradmem', 'K': 1},
-           {'method': 'rmt', 'K': 1, 'memory.mem_proj': 'proj'},
+           RMT_X1,
            {'method': 'full_context'})
 
 

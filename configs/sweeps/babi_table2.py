@@ -21,6 +21,7 @@ full context}, 10 minutes of training each (about 2.5 hours in all):
       --sweep_dir=runs/babi_cpu_table
   python -m experiments.report --sweep_dir=runs/babi_cpu_table
 """
+from configs.common import RMT_X1
 from gradmem_jax.sweeps import Sweep, concat, grid
 
 
@@ -38,8 +39,7 @@ def _points(tasks):
 
 
 def _cpu_points():
-  methods = [dict(method='gradmem', K=1), {'method': 'rmt', 'K': 1, 'memory.mem_proj': 'proj'},
-             dict(method='full_context')]
+  methods = [dict(method='gradmem', K=1), RMT_X1, dict(method='full_context')]
   return [dict(task_id=t, **m) for t in (1, 2, 3, 4, 5) for m in methods]
 
 

@@ -36,8 +36,7 @@ from gradmem_jax.sweeps import Sweep, concat, grid, slug, with_seeds
 # model's forward writer stays at 0% EM even at N=2 after 12,000 steps, while with the learned
 # projection (memory.mem_proj='proj', identity init) it learns, slowly (N=2: 14% EM at 6,000
 # steps and rising; benchmarks/results/claims_tune/rmt_depth.md). So RMT takes the projection and
-# three times GradMem's step budget (its steps cost about 0.6x GradMem K=1's on this CPU: about
-# 1.8x GradMem's wall time).
+# three times GradMem's step budget (its steps are cheaper: up to about 2x GradMem's wall time).
 TUNED = {
     'gradmem': {'inner_lr': 0.3, 'lr': 1e-3},
     'rmt': {'memory.rmt_update': 'replace', 'memory.mem_proj': 'proj', 'lr': 1e-3,

@@ -1,4 +1,5 @@
 """Capacity: EM against the number of pairs N for GradMem K = 1, 2, 5 and RMT x1 (paper Fig. 3)."""
+from configs.common import RMT_X1
 from gradmem_jax.sweeps import Sweep, concat, grid, with_seeds
 
 
@@ -8,7 +9,7 @@ def get_sweep(arg=None):
     # RMT with the learned memory projection: without it the 2-layer CPU model's forward writer
     # collapses (benchmarks/results/claims_tune/rmt_depth.md).
     pts = concat(grid(n_pairs=[2, 4], method=['gradmem'], K=[1, 2]),
-                 grid(n_pairs=[2, 4], method=['rmt'], K=[1], **{'memory.mem_proj': ['proj']}))
+                 [dict(n_pairs=n, **RMT_X1) for n in (2, 4)])
     return Sweep('n_pairs_cpu', pts, base='max_steps=2000,train.eval_every=500',
                  description='N sweep on the CPU preset', figures=('em_vs:n_pairs',))
   if variant == 'paper':
