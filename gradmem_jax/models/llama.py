@@ -41,7 +41,8 @@ class LlamaConfig:
   o_proj_bias: bool = False       # bias on o_proj (Llama's attention_bias=true; not Qwen2)
   attn_q_block: int = -1          # > 0: causal attention in query blocks of this many rows that
                                   # skip the masked key blocks (exact; common.causal_attention);
-                                  # 0: dense; -1: 128 on CPU (15% faster at 64 pairs), 0 elsewhere
+                                  # 0: dense; -1: 128 on CPU (measured there only: WORKSPACE
+                                  # section 8), 0 elsewhere
   # Fields that only change how the model runs: may be set over a pretrained checkpoint.
   RUNTIME_FIELDS: ClassVar[tuple] = ('attn_q_block',)
 
