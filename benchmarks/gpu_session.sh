@@ -1,77 +1,118 @@
 #!/usr/bin/env bash
-# One prepared GPU session (the lent H100/H200 machine): environment, smoke run, train-step and
-# inference benchmarks of the paper KV model, the N=64/K=5 remat comparison, and a short paper-scale
-# training run. Everything lands in $OUT (default ./gpu_out). Run from the repository root:
+# One lent GPU session (the device tool's H100/H200 machine) in two calls, run from the repository
+# root there. Two calls because SmolLM2-135M's GGUF (98 MB) is more than one call's 64 MiB working
+# tree: call 1 carries its first half and leaves it in /tmp, call 2 (at once, while the machine is
+# still warm) carries the second half. Everything else travels in call 1.
 #
-#   bash benchmarks/gpu_session.sh            # wheels for missing packages in .whl/ (optional)
+# Prepare here (once; the dot-folders are in .git/info/exclude):
+#   .whl/    wheels the image lacks: ml-collections, gguf, tensorboardX (device README's pip download)
+#   .sbs/    a copy of ../shared/bench-ref (the side-by-side kit)
+#   .data/   a copy of ../shared/data/babi (as .data/babi)
+#   .gg1/a, .gg2/b: the GGUF split: head -c 50000000 F > .gg1/a; tail -c +50000001 F > .gg2/b
 #
-# Knobs (env): PAPER_MINUTES (default 1.5), BENCH_KS (default 1,2,5), BENCH_STEPS (default 10).
+# Call 1: BUDGET_S=<seconds> bash benchmarks/gpu_session.sh 1
+#   environment; the kit side by side with the authors' code on the GPU (alone on the machine:
+#   fp32 K=2 at N=16 and N=64, and the authors' Triton double-backward kernel); then starts the
+#   two KV training runs (paper model, N=16, GradMem K=2 and RMT x1) in their own sessions
+#   (setsid), which run on into call 2, and returns their logs so far.
+# Call 2: BUDGET_S=<seconds> KV_MINUTES=<m> bash benchmarks/gpu_session.sh 2
+#   joins the GGUF, meta-trains GradMem on SmolLM2-135M on bAbI QA1 beside the KV runs (which it
+#   starts itself if it landed on a fresh machine), and returns every run's metrics.
+# Everything lands in $OUT (default ./gpu_out): at most 8 files per call.
 set -u
+phase=${1:?usage: gpu_session.sh 1|2}
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+T_END=$(( $(date +%s) + ${BUDGET_S:?BUDGET_S: seconds this call may run} ))
+W=/tmp/gm                       # survives between calls while the machine stays warm
+mkdir -p "$W"
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+GGUF_MD5=a1231443440b107ff29f02bdb38c9d0a
+left() { echo $(( T_END - $(date +%s) )); }
+tmo() { local t=$(( $(left) - $1 )); [ "$t" -lt 10 ] && t=10; echo "$t"; }  # timeout leaving $1 s
+log() { echo "[$(date +%T) left $(left)s] $*" | tee -a "$OUT/phase$phase.log"; }
+
+start_kv() {  # $1: minutes of training per run (the runs stop themselves, with results.json)
+  # The paper's model and N=16 with a schedule for minutes: lr 1e-3 after 500 warmup steps (the
+  # paper: 1e-4 after 10k, for up to 200k steps). GradMem keeps the paper's inner lr 0.04; RMT
+  # x1 is the paper's (no memory projection: the 4-layer model's RMT learns without one).
+  local m over
+  for m in gradmem rmt; do
+    if [ "$m" = gradmem ]; then over=K=2; else over=method=rmt,K=1; fi
+    rm -rf "$W/kv_$m"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 setsid nohup python3 -m experiments.kv_retrieval \
+      --config=configs/kv_retrieval.py:paper_n16,$over,lr=1e-3 \
+      --config.optim.warmup_steps=500 --config.train.eval_every=1000 \
+      --config.train.checkpoint_every=100000 --config.data.n_val=2000 \
+      --config.train.max_minutes="$1" --workdir="$W/kv_$m" > "$W/kv_$m.log" 2>&1 < /dev/null &
+  done
+  log "KV runs started for $1 min"
+}
+
+pack() {  # $1: archive name; the rest: work dirs (their metrics, results and logs, no checkpoints)
+  local name=$1; shift
+  tar czf "$OUT/$name" -C "$W" --exclude=checkpoints --exclude=best --exclude=tensorboard \
+    $(cd "$W" && ls -d "$@" 2>/dev/null) 2>/dev/null
+}
+
+if [ "$phase" = 1 ]; then
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+    python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch, transformers; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())" 2>&1
+  } | tee "$OUT/env.txt"
+  [ -f .gg1/a ] && cp .gg1/a "$W/gg_a" && log "GGUF part a staged"
+
+  # The kit, alone on the machine (fp32: the authors' KV runs; project at 'highest' precision).
+  export REF_PYTHON=python3 REF_REPO=.sbs/bench-ref/reference PROJECT_DIR=. PROJECT_PYTHON=python3
+  R="python3 .sbs/bench-ref/run.py --device=cuda --timeout=90 --steps=10"
+  log "kit: fp32 eager, K=2 at N=16 (B=64) and N=64 (B=16)"
+  timeout "$(tmo 150)" $R --configs=train_second_K2_N16_B64,train_second_K2_N64_B16 \
+    --out="$OUT/kit.jsonl" > "$OUT/kit.md" 2> "$OUT/kit.err"
+  log "kit: the authors' Triton kernel (hvp_semi_manual), reference only"
+  timeout "$(tmo 110)" $R --attn=hvp_semi_manual --variants=ref_glibc \
+    --configs=train_second_K2_N16_B64 --out="$OUT/kit.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
+  python3 .sbs/bench-ref/run.py --table_from="$OUT/kit.jsonl" > "$OUT/kit_table.md" 2>&1
+  cat "$OUT/kit_table.md"
+
+  start_kv "${KV_MINUTES:-8}"
+  while [ "$(left)" -gt 15 ]; do sleep 5; done
+  tail -n 4 "$W"/kv_*.log
+  pack kv_phase1.tgz kv_gradmem kv_rmt kv_gradmem.log kv_rmt.log
+  log done
+  exit 0
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
-export PYTHONUNBUFFERED=1
-PAPER_MINUTES=${PAPER_MINUTES:-1.0}
-BENCH_KS=${BENCH_KS:-1,2,5}
-BENCH_STEPS=${BENCH_STEPS:-5}
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())"
-} 2>&1 | tee "$OUT/env.txt"
+# phase 2
+if [ -f "$W/gg_a" ] && [ -f .gg2/b ]; then
+  cat "$W/gg_a" .gg2/b > "$W/smollm2.gguf"
+fi
+have_gguf=0
+if [ -f "$W/smollm2.gguf" ] && [ "$(md5sum < "$W/smollm2.gguf" | cut -c1-32)" = "$GGUF_MD5" ]; then
+  have_gguf=1; log "GGUF joined, checksum ok"
+else
+  log "no GGUF (a fresh machine: part a is gone): SmolLM2 run skipped"
+fi
+if ! pgrep -f "workdir=$W/kv_" > /dev/null; then
+  [ -f "$W/kv_gradmem/results.json" ] || start_kv $(( ($(left) - 75) / 60 ))
+fi
 
-stamp "smoke"
-timeout 180 python3 -m experiments.kv_retrieval --config=configs/kv_retrieval.py:tiny \
-  --workdir=/tmp/gm_smoke > "$OUT/smoke.log" 2>&1
-echo "smoke rc=$?"; grep -E "^\| (final val EM|steps) " "$OUT/smoke.log"
-
-stamp "benchmarks: paper KV model, 16 pairs, batch 64, fp32 (highest precision)"
-timeout 300 python3 benchmarks/train_step.py --Ks="$BENCH_KS" --modes=second --steps="$BENCH_STEPS" \
-  --infer=false --out="$OUT/bench.jsonl" > /dev/null 2>"$OUT/bench.err"
-timeout 120 python3 benchmarks/train_step.py --Ks=2 --modes=first --steps="$BENCH_STEPS" \
-  --infer=true --out="$OUT/bench.jsonl" > /dev/null 2>>"$OUT/bench.err"
-stamp "benchmark: TF32 matmuls (default precision), K=2 second order"
-timeout 90 python3 benchmarks/train_step.py --Ks=2 --modes=second --steps="$BENCH_STEPS" \
-  --infer=false --matmul_precision= --out="$OUT/bench_tf32.jsonl" > /dev/null 2>>"$OUT/bench.err"
-stamp "benchmark: N=64, K=5, batch 8, remat none/full"
-timeout 200 python3 benchmarks/train_step.py --Ks=5 --modes=second --n_pairs=64 --batch=8 \
-  --steps="$BENCH_STEPS" --remat=none,full --infer=false --out="$OUT/bench_n64.jsonl" \
-  > /dev/null 2>>"$OUT/bench.err"
-
-stamp "paper-scale training: paper_n16, K=2, ${PAPER_MINUTES} min"
-timeout 400 python3 -m experiments.kv_retrieval \
-  --config=configs/kv_retrieval.py:paper_n16,K=2,optim.micro_batch_size=0,train.eval_every=1000 \
-  --config.train.max_minutes="$PAPER_MINUTES" --config.data.n_val=1000 \
-  --workdir=/tmp/gm_paper > "$OUT/paper_n16.log" 2>&1
-echo "paper rc=$?"
-cp /tmp/gm_paper/metrics.jsonl "$OUT/paper_n16_metrics.jsonl" 2>/dev/null
-cp /tmp/gm_paper/results.json "$OUT/paper_n16_results.json" 2>/dev/null
-
-stamp "summary"
-python3 - "$OUT" <<'EOF'
-import json, sys, os
-out = sys.argv[1]
-for name in ('bench.jsonl', 'bench_tf32.jsonl', 'bench_n64.jsonl'):
-  p = os.path.join(out, name)
-  if not os.path.exists(p):
-    print(name, 'missing'); continue
-  for line in open(p):
-    r = json.loads(line)
-    if r.get('name') == 'error':
-      print(name, 'ERROR', r.get('config'), r.get('stderr_tail', '')[-600:]); continue
-    print(f"{name:16s} {r['name']:5s} K={r['K']} {r.get('grad_mode')} N={r['n_pairs']} B={r['batch']} "
-          f"remat={r['remat']} prec={r['matmul_precision']} median={r['step_s_median']*1e3:.1f}ms "
-          f"min={r['step_s_min']*1e3:.1f} max={r['step_s_max']*1e3:.1f} {r['samples_per_s']:.0f}/s "
-          f"mem={r['peak_rss_mb']:.0f}MB flops={r['flops_per_step']/1e9:.1f}G frac={r['frac_of_peak']:.3f}")
-p = os.path.join(out, 'paper_n16_results.json')
-if os.path.exists(p):
-  r = json.load(open(p)); print('paper_n16', {k: r[k] for k in ('steps', 'steps_per_s', 'wall_time_s', 'stop_reason')}, r['best'])
-EOF
-tail -3 "$OUT/bench.err" 2>/dev/null
-stamp "done"
+if [ "$have_gguf" = 1 ]; then
+  # The smollm2 preset (frozen backbone, write-only LoRA, M0, projection, K=1, inner Adam, bf16,
+  # batch 64) with a schedule for minutes: lr 1e-3 after 50 warmup steps (the preset: 1e-4 after
+  # 10k, for 100k steps).
+  minutes=$(python3 -c "print(round(($(left) - 100) / 60, 2))")
+  log "SmolLM2 QA1 for $minutes min"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo 25)" python3 -m experiments.babi \
+    --config=configs/babi.py:smollm2,qa1,lr=1e-3 --config.optim.warmup_steps=50 \
+    --config.model.pretrained="$W/smollm2.gguf" --config.data.babi_dir="$PWD/.data/babi" \
+    --config.data.n_val=500 --config.train.eval_every=150 --config.train.checkpoint_every=100000 \
+    --config.train.max_minutes="$minutes" --workdir="$W/smollm2_qa1" > "$W/smollm2_qa1.log" 2>&1
+  log "SmolLM2 rc=$?"
+  grep -E "eval step|^\| (best|final|steps)" "$W/smollm2_qa1.log" | tail -n 30
+fi
+while pgrep -f "workdir=$W/kv_" > /dev/null && [ "$(left)" -gt 20 ]; do sleep 5; done
+grep -hE "eval step" "$W"/kv_*.log | tail -n 20
+tail -n 3 "$W"/kv_*.log
+pack kv.tgz kv_gradmem kv_rmt kv_gradmem.log kv_rmt.log
+pack smollm2.tgz smollm2_qa1 smollm2_qa1.log
+log done
