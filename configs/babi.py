@@ -110,7 +110,10 @@ def smollm2(c):
   c.model = ml_collections.ConfigDict(dict(kind='llama', pretrained='smollm2-135m', vocab_size=0,
                                            dtype='bfloat16', param_dtype='float32', remat='none',
                                            attn_q_block=-1))
-  c.data.update(tokenizer='model', query_template='Question: {question}\nAnswer:')
+  # bucket=0: every batch padded to the task's context_len, so one compilation of the 30 unrolled
+  # layers. With buckets (one compile per context shape) the run made 2 steps in 6 minutes on an
+  # H100 (benchmarks/results/gpu_h100_2026-11-27/notes.md); the padding costs the GPU little.
+  c.data.update(tokenizer='model', query_template='Question: {question}\nAnswer:', bucket=0)
   c.memory.update(num_memory=8, K=1, freeze_backbone=True, lora_rank=8, mem_proj='proj',
                   inner_optimizer='adam', inner_lr=0.03)
   c.optim.update(lr=1e-4, warmup_steps=10_000, batch_size=64, micro_batch_size=-1)
@@ -123,7 +126,7 @@ def smollm2_cpu(c):
   steps."""
   smollm2(c)
   c.model.dtype = 'float32'
-  c.data.n_val = 100
+  c.data.update(n_val=100, bucket=32)  # on CPU the padding costs more than the extra compiles
   c.optim.update(lr=1e-3, warmup_steps=20, batch_size=4)
   c.eval.batch_size = 20
   c.train.update(max_steps=240, eval_every=80, checkpoint_every=40, target_em=0.0)
