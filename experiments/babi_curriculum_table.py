@@ -1,0 +1,133 @@
+r"""The bAbI table of the curriculum sweeps (issue 13, item 1): test EM per task and method.
+
+  python -m experiments.babi_curriculum_table \
+      --sweep_dirs=runs/babi_curriculum,runs/babi_curriculum_qa2,runs/babi_curriculum_qa3 \
+      --out=benchmarks/results/babi_cpu/curriculum
+
+Each sweep directory holds one task's `configs/sweeps/babi_curriculum.py` run. For each method, the
+whole-story stage (max_story_sentences=0) is the trained model. It is evaluated once on the
+task's test split (all 1,000 questions, at the method's own K) and the result is kept in
+<out>/qa<T>_test_<method>.json; a later call reads that file instead of evaluating again.
+
+The table gives, per task and method:
+- the test EM;
+- the validation EM reached at each stage;
+- the minutes of all stages together.
+
+A stage that has not run yet shows '-', and its task's test EM is left out.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Optional
+
+from absl import app, flags
+
+from gradmem_jax import report
+
+_SWEEP_DIRS = flags.DEFINE_list('sweep_dirs', None, 'Curriculum sweep directories (one per task).',
+                                required=True)
+_OUT = flags.DEFINE_string('out', None, 'Directory for the table and the test evaluations.',
+                           required=True)
+
+LABELS = {'gradmem': 'GradMem K=1', 'rmt': 'RMT x1 + projection', 'full_context': 'full context'}
+STAGE_ORDER = (2, 4, 0)  # max_story_sentences of the three stages; 0 = whole stories
+TEST_OVERRIDES = 'data.eval_split=test'
+
+
+def _points(sweep_dir: str) -> list[dict]:
+  path = os.path.join(sweep_dir, 'sweep.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{sweep_dir!r} has no sweep.json: give the directories that '
+                            'experiments.sweep wrote for configs/sweeps/babi_curriculum.py')
+  with open(path) as f:
+    return json.load(f)['points']
+
+
+def _results(sweep_dir: str, slug: str) -> Optional[dict]:
+  path = os.path.join(sweep_dir, slug, 'results.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def task_rows(sweep_dir: str, out: str, evaluate_run: Callable) -> list[dict]:
+  """One row per method of one task's curriculum sweep; evaluates the finished whole-story stages
+  on the test split (cached in `out`)."""
+  by_method: dict[str, dict[int, tuple[str, Optional[dict]]]] = {}
+  task = None
+  for p in _points(sweep_dir):
+    o = p['overrides']
+    if task is not None and o['task_id'] != task:
+      raise ValueError(f'{sweep_dir!r} mixes bAbI tasks {task} and {o["task_id"]}')
+    task = o['task_id']
+    stage = int(o.get('max_story_sentences', 0))
+    by_method.setdefault(o['method'], {})[stage] = (p['slug'], _results(sweep_dir, p['slug']))
+  rows = []
+  for method, stages in by_method.items():
+    missing = sorted(set(STAGE_ORDER) - set(stages))
+    if missing:
+      raise ValueError(f'{sweep_dir!r}: method {method!r} has no stage with max_story_sentences '
+                       f'in {missing}; expected the stages {STAGE_ORDER} of babi_curriculum.py')
+    row = {'task': f'QA{task}', 'method': LABELS.get(method, method)}
+    done = [stages[s][1] for s in STAGE_ORDER if stages[s][1] is not None]
+    for s in STAGE_ORDER:
+      res = stages[s][1]
+      row[f'val_em_stage_{s or "all"}'] = None if res is None else 100 * res['best']['em']
+    row['minutes'] = sum(r['wall_time_s'] for r in done) / 60 if done else None
+    row['test_em'] = None
+    slug, final = stages[0]
+    if final is not None:
+      cache = os.path.join(out, f'qa{task}_test_{method}.json')
+      if os.path.exists(cache):
+        with open(cache) as f:
+          test = json.load(f)
+      else:
+        test = evaluate_run(os.path.join(sweep_dir, slug), [final.get('K', 1)],
+                            TEST_OVERRIDES)[0]
+        test = {k: v for k, v in test.items() if not isinstance(v, (list, dict))}
+        os.makedirs(out, exist_ok=True)
+        with open(cache, 'w') as f:
+          json.dump(test, f, indent=2)
+      row['test_em'] = 100 * test['em']
+    rows.append(row)
+  return rows
+
+
+COLUMNS = ('task', 'method', 'test_em', 'val_em_stage_2', 'val_em_stage_4', 'val_em_stage_all',
+           'minutes')
+
+
+def table(rows: list[dict]) -> str:
+  def cell(v):
+    if v is None:
+      return '-'
+    return f'{v:.1f}' if isinstance(v, float) else str(v)
+  head = ('| task | method | test EM (%) | val EM: last 2 statements | last 4 | whole stories | '
+          'minutes (all stages) |')
+  lines = [head, '|' + '---|' * len(COLUMNS)]
+  lines += ['| ' + ' | '.join(cell(r[c]) for c in COLUMNS) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from gradmem_jax.training import evaluate  # noqa: PLC0415 - jax only when evaluating
+  rows = []
+  for d in _SWEEP_DIRS.value:
+    rows += task_rows(d, _OUT.value, evaluate.evaluate_run)
+  os.makedirs(_OUT.value, exist_ok=True)
+  md = table(rows)
+  print(md)
+  base = os.path.join(_OUT.value, 'babi_curriculum_table')
+  with open(base + '.md', 'w') as f:
+    f.write(md + '\n')
+  report.write_csv(rows, COLUMNS, base + '.csv')
+  print(f'wrote {base}.{{md,csv}}')
+
+
+if __name__ == '__main__':
+  app.run(main)
