@@ -14,7 +14,10 @@ The table gives, per task and method:
 - the validation EM reached at each stage;
 - the minutes of all stages together.
 
-A stage that has not run yet shows '-', and its task's test EM is left out.
+A stage that has not run yet shows '-', and its task's test EM is left out. Two answers that
+need no model stand beside each task, on the same test questions: the training split's most
+frequent answer, and the last answer word named in the story (the recency heuristic that models
+trained on whole stories from scratch stall at).
 """
 from __future__ import annotations
 
@@ -25,9 +28,13 @@ from typing import Callable, Optional
 from absl import app, flags
 
 from gradmem_jax import report
+from gradmem_jax.data import babi
+from gradmem_jax.data.babi_task import SHARED_BABI
 
 _SWEEP_DIRS = flags.DEFINE_list('sweep_dirs', None, 'Curriculum sweep directories (one per task).',
                                 required=True)
+_BABI_DIR = flags.DEFINE_string('babi_dir', SHARED_BABI, 'The bAbI release, for the two '
+                                 'answers without a model.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for the table and the test evaluations.',
                            required=True)
 
@@ -96,6 +103,31 @@ def task_rows(sweep_dir: str, out: str, evaluate_run: Callable) -> list[dict]:
   return rows
 
 
+def recency_answer(example: 'babi.BabiExample', answers: set) -> Optional[str]:
+  """The last word of the story that is one of `answers` (None if the story names none)."""
+  for sentence in reversed(example.story):
+    for word in reversed(sentence.replace('.', ' ').replace(',', ' ').split()):
+      if word in answers:
+        return word
+  return None
+
+
+def heuristic_rows(babi_dir: str, task: int) -> list[dict]:
+  """Test EM of the majority answer (of the training split) and of the recency heuristic."""
+  train = babi.load_babi(babi_dir, task, 'train').examples
+  test = babi.load_babi(babi_dir, task, 'test').examples
+  counts: dict[str, int] = {}
+  for e in train:
+    counts[e.answer] = counts.get(e.answer, 0) + 1
+  majority = max(sorted(counts), key=counts.get)
+  answers = set(counts)
+  em = lambda guess: 100 * sum(guess(e) == e.answer for e in test) / len(test)
+  row = lambda name, v: {'task': f'QA{task}', 'method': name, 'test_em': v,
+                         **{c: None for c in COLUMNS[3:]}}
+  return [row('(majority answer)', em(lambda e: majority)),
+          row('(last answer word in the story)', em(lambda e: recency_answer(e, answers)))]
+
+
 COLUMNS = ('task', 'method', 'test_em', 'val_em_stage_2', 'val_em_stage_4', 'val_em_stage_all',
            'minutes')
 
@@ -119,6 +151,7 @@ def main(argv):
   rows = []
   for d in _SWEEP_DIRS.value:
     rows += task_rows(d, _OUT.value, evaluate.evaluate_run)
+    rows += heuristic_rows(_BABI_DIR.value, _points(d)[0]['overrides']['task_id'])
   os.makedirs(_OUT.value, exist_ok=True)
   md = table(rows)
   print(md)

@@ -63,3 +63,22 @@ def test_errors_name_the_problem(tmp_path):
     json.dump(s, f)
   with pytest.raises(ValueError, match=r'max_story_sentences in \[4\]'):
     bct.task_rows(d, str(tmp_path / 'o'), None)
+
+
+def test_recency_answer_is_the_last_answer_word_named():
+  from gradmem_jax.data.babi import BabiExample
+  ex = BabiExample(task=1, story=('Mary moved to the bathroom.', 'John went to the hallway.',
+                                  'Mary travelled to the office.'),
+                   question='Where is Mary?', answer='office', supporting=(2,), source='x:1')
+  assert bct.recency_answer(ex, {'bathroom', 'hallway', 'office'}) == 'office'
+  assert bct.recency_answer(ex, {'bathroom', 'hallway'}) == 'hallway'
+  assert bct.recency_answer(ex, {'garden'}) is None
+
+
+def test_heuristic_rows_on_the_shipped_qa1_test_split():
+  from gradmem_jax.data.babi_task import SHARED_BABI
+  if not os.path.isdir(SHARED_BABI):
+    pytest.skip('the shipped bAbI data is not beside this checkout')
+  majority, recency = bct.heuristic_rows(SHARED_BABI, 1)
+  assert majority['test_em'] == pytest.approx(14.9) and recency['test_em'] == pytest.approx(52.7)
+  assert recency['minutes'] is None
