@@ -144,6 +144,37 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def plot(rows: list[dict], path: str) -> bool:
+  """Test EM per task: one bar per method, the two answers without a model as marks."""
+  tasks = list(dict.fromkeys(r['task'] for r in rows))
+  methods = [m for m in dict.fromkeys(r['method'] for r in rows) if not m.startswith('(')]
+  cell = {(r['task'], r['method']): r['test_em'] for r in rows}
+  if not any(cell.get((t, m)) is not None for t in tasks for m in methods):
+    return False
+  plt = report._pyplot()  # noqa: SLF001 - the project's Agg backend setup
+  fig, ax = plt.subplots(figsize=(3.6 + 1.4 * len(tasks), 3.8))
+  width = 0.8 / max(len(methods), 1)
+  for i, m in enumerate(methods):
+    xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(tasks))]
+    ems = [cell.get((t, m)) for t in tasks]
+    ax.bar([x for x, e in zip(xs, ems) if e is not None], [e for e in ems if e is not None],
+           width, label=m, color=f'C{i}')
+  for name, style in (('(majority answer)', 'k:'), ('(last answer word in the story)', 'k--')):
+    for j, t in enumerate(tasks):
+      if cell.get((t, name)) is not None:
+        ax.plot([j - 0.45, j + 0.45], [cell[(t, name)]] * 2, style, lw=1.2,
+                label=name.strip('()') if j == 0 else None)
+  ax.set_xticks(range(len(tasks)), tasks)
+  ax.set(ylabel='test exact match (%)', ylim=(0, 105),
+         title='bAbI from scratch on CPU, curriculum in story length')
+  ax.grid(alpha=0.3, axis='y')
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -159,7 +190,8 @@ def main(argv):
   with open(base + '.md', 'w') as f:
     f.write(md + '\n')
   report.write_csv(rows, COLUMNS, base + '.csv')
-  print(f'wrote {base}.{{md,csv}}')
+  png = plot(rows, base + '.png')
+  print(f'wrote {base}.{{md,csv{",png" if png else ""}}}')
 
 
 if __name__ == '__main__':

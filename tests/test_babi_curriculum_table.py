@@ -82,3 +82,14 @@ def test_heuristic_rows_on_the_shipped_qa1_test_split():
   majority, recency = bct.heuristic_rows(SHARED_BABI, 1)
   assert majority['test_em'] == pytest.approx(14.9) and recency['test_em'] == pytest.approx(52.7)
   assert recency['minutes'] is None
+
+
+def test_plot_draws_the_finished_cells_only(tmp_path):
+  rows = [{'task': 'QA1', 'method': 'GradMem K=1', 'test_em': 98.1},
+          {'task': 'QA1', 'method': '(majority answer)', 'test_em': 14.9},
+          {'task': 'QA2', 'method': 'GradMem K=1', 'test_em': None}]
+  path = str(tmp_path / 'bars.png')
+  assert bct.plot(rows, path) and os.path.getsize(path) > 0
+  rows[0]['test_em'] = None
+  assert not bct.plot(rows, str(tmp_path / 'none.png'))
+  assert not os.path.exists(tmp_path / 'none.png')
