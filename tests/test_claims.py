@@ -74,6 +74,9 @@ def test_report_files_table_and_claims(tmp_path):
   assert 'N=4: GradMem K=1 60.0 vs RMT x1 55.0 (+5.0): not supported' in md
   assert 'N=2: GradMem K=1 91.0 vs GradMem K=1 first-order 11.0 (+80.0): supported' in md
   assert 'N=2: GradMem 5 vs 1 steps: +8.0 EM' in md
+  claim2 = md.split('### Claim 2')[1].split('### Claim 3')[0]
+  assert 'N=2: GradMem K=5 99.0 vs RMT x5 40.0 (+59.0): ahead' in claim2
+  assert 'GradMem K=1 ' not in claim2  # K=1 against x1 is claim 1, not evidence for claim 2
   assert '| GradMem K=1 | 2 | 91.0 | 93.0 |' in md  # K extrapolation
   for f in ('claims.md', 'claims.csv', 'em_vs_n.png'):
     assert (tmp_path / f).stat().st_size > 0
