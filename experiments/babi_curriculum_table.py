@@ -7,12 +7,13 @@ r"""The bAbI table of the curriculum sweeps (issue 13, item 1): test EM per task
 Each sweep directory holds one task's `configs/sweeps/babi_curriculum.py` run. For each method, the
 whole-story stage (max_story_sentences=0) is the trained model. It is evaluated once on the
 task's test split (all 1,000 questions, at the method's own K) and the result is kept in
-<out>/qa<T>_test_<method>.json; a later call reads that file instead of evaluating again.
+<out>/test_qa<T>_<run>.json with the run's parameter checksum; a later call reads that file
+instead of evaluating again, unless the run has changed.
 
 The table gives, per task and method:
 - the test EM;
 - the validation EM reached at each stage;
-- the minutes of all stages together.
+- the minutes of the finished stages together.
 
 A stage that has not run yet shows '-', and its task's test EM is left out. Two answers that
 need no model stand beside each task, on the same test questions: the training split's most
@@ -38,9 +39,20 @@ _BABI_DIR = flags.DEFINE_string('babi_dir', SHARED_BABI, 'The bAbI release, for 
 _OUT = flags.DEFINE_string('out', None, 'Directory for the table and the test evaluations.',
                            required=True)
 
-LABELS = {'gradmem': 'GradMem K=1', 'rmt': 'RMT x1 + projection', 'full_context': 'full context'}
 STAGE_ORDER = (2, 4, 0)  # max_story_sentences of the three stages; 0 = whole stories
-TEST_OVERRIDES = 'data.eval_split=test'
+# All of the test split's questions (data.n_val=0), whatever the run's validation subset was.
+TEST_OVERRIDES = 'data.eval_split=test,data.n_val=0'
+
+
+def label(overrides: dict) -> str:
+  """'GradMem K=1', 'RMT x1 + projection', 'full context', from a sweep point's overrides."""
+  method, k = overrides['method'], overrides.get('K', 1)
+  if method == 'gradmem':
+    return f'GradMem K={k}' + (' first-order' if overrides.get('grad_mode') == 'first' else '')
+  if method == 'rmt':
+    proj = overrides.get('memory.mem_proj', overrides.get('mem_proj'))
+    return f'RMT x{k}' + (' + projection' if proj == 'proj' else '')
+  return method.replace('_', ' ')
 
 
 def _points(sweep_dir: str) -> list[dict]:
@@ -62,23 +74,37 @@ def _results(sweep_dir: str, slug: str) -> Optional[dict]:
 
 def task_rows(sweep_dir: str, out: str, evaluate_run: Callable) -> list[dict]:
   """One row per method of one task's curriculum sweep; evaluates the finished whole-story stages
-  on the test split (cached in `out`)."""
-  by_method: dict[str, dict[int, tuple[str, Optional[dict]]]] = {}
+  on the test split (cached in `out`, keyed by the run and its parameters' checksum)."""
+  by_label: dict[str, dict[int, tuple[str, Optional[dict]]]] = {}
   task = None
   for p in _points(sweep_dir):
     o = p['overrides']
+    for field in ('task_id', 'method'):
+      if field not in o:
+        raise ValueError(f'{sweep_dir!r}: point {p["slug"]!r} sets no {field}; expected the points '
+                         'of configs/sweeps/babi_curriculum.py')
     if task is not None and o['task_id'] != task:
-      raise ValueError(f'{sweep_dir!r} mixes bAbI tasks {task} and {o["task_id"]}')
+      raise ValueError(f'{sweep_dir!r} mixes bAbI tasks (task_id {task} and {o["task_id"]}); give '
+                       'one sweep directory per task')
     task = o['task_id']
     stage = int(o.get('max_story_sentences', 0))
-    by_method.setdefault(o['method'], {})[stage] = (p['slug'], _results(sweep_dir, p['slug']))
+    if stage not in STAGE_ORDER:
+      raise ValueError(f'{sweep_dir!r}: point {p["slug"]!r} has max_story_sentences={stage}; '
+                       f'allowed: {STAGE_ORDER} (the stages of babi_curriculum.py)')
+    stages = by_label.setdefault(label(o), {})
+    if stage in stages:
+      raise ValueError(f'{sweep_dir!r}: points {stages[stage][0]!r} and {p["slug"]!r} are the same '
+                       f'method ({label(o)}) and stage (max_story_sentences={stage})')
+    stages[stage] = (p['slug'], _results(sweep_dir, p['slug']))
+  if task is None:
+    raise ValueError(f'{sweep_dir!r}: sweep.json lists no points')
   rows = []
-  for method, stages in by_method.items():
+  for name, stages in by_label.items():
     missing = sorted(set(STAGE_ORDER) - set(stages))
     if missing:
-      raise ValueError(f'{sweep_dir!r}: method {method!r} has no stage with max_story_sentences '
-                       f'in {missing}; expected the stages {STAGE_ORDER} of babi_curriculum.py')
-    row = {'task': f'QA{task}', 'method': LABELS.get(method, method)}
+      raise ValueError(f'{sweep_dir!r}: {name} has no stage with max_story_sentences in '
+                       f'{missing}; expected the stages {STAGE_ORDER} of babi_curriculum.py')
+    row = {'task': f'QA{task}', 'method': name}
     done = [stages[s][1] for s in STAGE_ORDER if stages[s][1] is not None]
     for s in STAGE_ORDER:
       res = stages[s][1]
@@ -87,14 +113,20 @@ def task_rows(sweep_dir: str, out: str, evaluate_run: Callable) -> list[dict]:
     row['test_em'] = None
     slug, final = stages[0]
     if final is not None:
-      cache = os.path.join(out, f'qa{task}_test_{method}.json')
+      source = {'sweep_dir': os.path.abspath(sweep_dir), 'slug': slug,
+                'params_checksum': final.get('params_checksum'), 'best_step': final.get('best_step')}
+      cache = os.path.join(out, f'test_qa{task}_{slug}.json')
+      test = None
       if os.path.exists(cache):
         with open(cache) as f:
           test = json.load(f)
-      else:
+        if test.get('source') != source:
+          test = None  # another run (or a rerun) under the same name: evaluate again
+      if test is None:
         test = evaluate_run(os.path.join(sweep_dir, slug), [final.get('K', 1)],
                             TEST_OVERRIDES)[0]
         test = {k: v for k, v in test.items() if not isinstance(v, (list, dict))}
+        test['source'] = source
         os.makedirs(out, exist_ok=True)
         with open(cache, 'w') as f:
           json.dump(test, f, indent=2)
@@ -138,7 +170,7 @@ def table(rows: list[dict]) -> str:
       return '-'
     return f'{v:.1f}' if isinstance(v, float) else str(v)
   head = ('| task | method | test EM (%) | val EM: last 2 statements | last 4 | whole stories | '
-          'minutes (all stages) |')
+          'minutes (finished stages) |')
   lines = [head, '|' + '---|' * len(COLUMNS)]
   lines += ['| ' + ' | '.join(cell(r[c]) for c in COLUMNS) + ' |' for r in rows]
   return '\n'.join(lines)
