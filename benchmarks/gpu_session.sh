@@ -162,7 +162,7 @@ if [ "$have_gguf" = 1 ]; then
   # The smollm2 preset (frozen backbone, write-only LoRA, M0, projection, K=1, inner Adam, bf16,
   # batch 64) with a schedule for minutes: lr 1e-3 after 50 warmup steps (the preset: 1e-4 after
   # 10k, for 100k steps). The preset pads to one context shape (data.bucket=0): with buckets the
-  # run made 2 steps in 6 minutes on an H100 (2026-11-27).
+  # run made 3 steps in about 6 minutes on an H100 (2026-11-27).
   minutes=$(python3 -c "print(round(($(left) - 100) / 60, 2))")
   log "SmolLM2 QA1 for $minutes min"
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo 25)" python3 -m experiments.babi \

@@ -111,8 +111,9 @@ def smollm2(c):
                                            dtype='bfloat16', param_dtype='float32', remat='none',
                                            attn_q_block=-1))
   # bucket=0: every batch padded to the task's context_len, so one compilation of the 30 unrolled
-  # layers. With buckets (one compile per context shape) the run made 2 steps in 6 minutes on an
-  # H100 (benchmarks/results/gpu_h100_2026-11-27/notes.md); the padding costs the GPU little.
+  # layers. With buckets (one compile per context shape) the run made 3 steps in about 6 minutes on
+  # an H100 (benchmarks/results/gpu_h100_2026-11-27/notes.md). What the padding costs on a GPU
+  # was not measured.
   c.data.update(tokenizer='model', query_template='Question: {question}\nAnswer:', bucket=0)
   c.memory.update(num_memory=8, K=1, freeze_backbone=True, lora_rank=8, mem_proj='proj',
                   inner_optimizer='adam', inner_lr=0.03)
