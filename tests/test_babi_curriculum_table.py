@@ -1,10 +1,11 @@
-"""experiments.babi_curriculum_table: the bAbI curriculum sweeps' table (stages, test evaluation)."""
+"""gradmem_jax.babi_curriculum (experiments.babi_curriculum_table): the bAbI curriculum sweeps'
+table (stages, test evaluation)."""
 import json
 import os
 
 import pytest
 
-from experiments import babi_curriculum_table as bct
+from gradmem_jax import babi_curriculum as bct
 
 
 def _sweep(tmp_path, task=2, finished=('gradmem',), name=None):
