@@ -7,24 +7,27 @@ import json
 import os
 from typing import Callable, Optional
 
-from gradmem_jax import report
+from gradmem_jax import claims, report, sweeps
 from gradmem_jax.data import babi
-
 
 STAGE_ORDER = (2, 4, 0)  # max_story_sentences of the three stages; 0 = whole stories
 # All of the test split's questions (data.n_val=0), whatever the run's validation subset was.
 TEST_OVERRIDES = 'data.eval_split=test,data.n_val=0'
+COLUMNS = ('task', 'method', 'test_em', 'val_em_stage_2', 'val_em_stage_4', 'val_em_stage_all',
+           'minutes')
 
 
 def label(overrides: dict) -> str:
-  """'GradMem K=1', 'RMT x1 + projection', 'full context', from a sweep point's overrides."""
-  method, k = overrides['method'], overrides.get('K', 1)
-  if method == 'gradmem':
-    return f'GradMem K={k}' + (' first-order' if overrides.get('grad_mode') == 'first' else '')
-  if method == 'rmt':
-    proj = overrides.get('memory.mem_proj', overrides.get('mem_proj'))
-    return f'RMT x{k}' + (' + projection' if proj == 'proj' else '')
-  return method.replace('_', ' ')
+  """'GradMem K=1', 'RMT x1 + projection', 'full context', from a sweep point's overrides (the
+  claims report's names, plus RMT's projection)."""
+  method = overrides['method']
+  name = claims.label({'method': method, 'K': overrides.get('K', 1),
+                       'grad_mode': overrides.get('grad_mode', 'second'),
+                       'rmt_update': overrides.get('memory.rmt_update')})
+  if name is None:
+    return method.replace('_', ' ')
+  proj = overrides.get('memory.mem_proj', overrides.get('mem_proj'))
+  return name + (' + projection' if method == 'rmt' and proj == 'proj' else '')
 
 
 def sweep_points(sweep_dir: str) -> list[dict]:
@@ -37,18 +40,11 @@ def sweep_points(sweep_dir: str) -> list[dict]:
     return json.load(f)['points']
 
 
-def _results(sweep_dir: str, slug: str) -> Optional[dict]:
-  path = os.path.join(sweep_dir, slug, 'results.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def task_rows(sweep_dir: str, out: str, evaluate_run: Callable) -> list[dict]:
   """One row per method of one task's curriculum sweep; evaluates the finished whole-story stages
   on the test split (cached in `out`, keyed by the run and its parameters' checksum)."""
   by_label: dict[str, dict[int, tuple[str, Optional[dict]]]] = {}
+  finished = {r['slug']: r for r in sweeps.collect(sweep_dir)}
   task = None
   for p in sweep_points(sweep_dir):
     o = p['overrides']
@@ -68,7 +64,7 @@ def task_rows(sweep_dir: str, out: str, evaluate_run: Callable) -> list[dict]:
     if stage in stages:
       raise ValueError(f'{sweep_dir!r}: points {stages[stage][0]!r} and {p["slug"]!r} are the same '
                        f'method ({label(o)}) and stage (max_story_sentences={stage})')
-    stages[stage] = (p['slug'], _results(sweep_dir, p['slug']))
+    stages[stage] = (p['slug'], finished.get(p['slug']))
   if task is None:
     raise ValueError(f'{sweep_dir!r}: sweep.json lists no points')
   rows = []
@@ -131,10 +127,6 @@ def heuristic_rows(babi_dir: str, task: int) -> list[dict]:
                          **{c: None for c in COLUMNS[3:]}}
   return [row('(majority answer)', em(lambda e: majority)),
           row('(last answer word in the story)', em(lambda e: recency_answer(e, answers)))]
-
-
-COLUMNS = ('task', 'method', 'test_em', 'val_em_stage_2', 'val_em_stage_4', 'val_em_stage_all',
-           'minutes')
 
 
 def table(rows: list[dict]) -> str:
