@@ -103,7 +103,14 @@ def cost_flops(compiled):
   return float(ca.get('flops', float('nan'))), float(ca.get('bytes accessed', float('nan')))
 
 
+def _stamp(t0, what):
+  # Progress on stderr with seconds since the process's start of work, so that a run cut off by a
+  # timeout still says where its time went (the kit keeps the tail of stderr of a failed row).
+  print(f'[{time.perf_counter() - t0:7.1f} s] {what}', file=sys.stderr, flush=True)
+
+
 def run_one(args):
+  t_start = time.perf_counter()
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -131,7 +138,10 @@ def run_one(args):
   local = next(exp.task.train_batches(args.batch))[1]
   batch = {k: jnp.asarray(v) for k, v in local.items()}
   rng = jax.random.PRNGKey(1)
+  _stamp(t_start, f'built the experiment on {jax.devices()[0].device_kind}')
   peak = matmul_peak(jax, jnp)
+  _stamp(t_start, 'measured the matmul peak')
+  t_compile = time.perf_counter()
 
   if args.name == 'train':
     fn = jax.jit(make_train_step(exp), donate_argnums=0)
@@ -148,6 +158,8 @@ def run_one(args):
           jax.jit(make_train_step(flat)).lower(state, batch, rng).compile())
     else:
       flops, bytes_acc = cost_flops(compiled)
+    compile_s = time.perf_counter() - t_compile
+    _stamp(t_start, f'compiled ({compile_s:.1f} s, cost analysis included)')
     run = lambda s: compiled(s, batch, rng)
     state, m = run(state)  # warm-up
     jax.block_until_ready(m)
@@ -169,9 +181,12 @@ def run_one(args):
     params = state['params']
     compiled = jax.jit(infer_chunked).lower(params, batch).compile()
     flops, bytes_acc = cost_flops(jax.jit(infer).lower(params, batch).compile())
+    compile_s = time.perf_counter() - t_compile
+    _stamp(t_start, f'compiled ({compile_s:.1f} s, cost analysis included)')
     jax.block_until_ready(compiled(params, batch))
     loss_first = None
 
+  _stamp(t_start, 'warmed up; timing')
   times, noisy = [], []
   load_before = wait_for_idle(args.max_idle_wait) if on_cpu else 0.0
   attempts = 0
@@ -204,6 +219,7 @@ def run_one(args):
       'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'matmul_precision': args.matmul_precision or 'default', 'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
+      'compile_s': compile_s, 'process_work_s': time.perf_counter() - t_start,
   }
   if args.profile:
     import profile_breakdown  # beside this script (sys.path[0])

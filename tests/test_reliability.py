@@ -184,6 +184,44 @@ def test_no_checkpoint_means_a_fresh_start(tmp_path):
   ck.close()
 
 
+class _ClockJumpsAfterFirstRead:
+  """time.time() for Orbax's futures: the first read is now, every later one 25 minutes on, as if
+  the process had been suspended (SIGSTOP, Ctrl-Z) while a background save was committing."""
+
+  def __init__(self, jump_s):
+    self.jump_s, self.reads = jump_s, 0
+
+  def time(self):
+    import time as real
+    self.reads += 1
+    return real.time() + (self.jump_s if self.reads > 1 else 0.0)
+
+
+@pytest.mark.parametrize('timeout_s, survives', [(None, True), (1200, False)])
+def test_a_save_outlives_a_long_suspension(tmp_path, monkeypatch, timeout_s, survives):
+  # A claims run died on resume after a 98-minute pause: Orbax's commit timeout (1200 s by default)
+  # counts wall time. Our saves allow a day. With Orbax's default, the same jump is fatal, which is
+  # what shows the clock jump reaches the commit wait at all.
+  from orbax.checkpoint._src.futures import future as orbax_future
+  kwargs = {} if timeout_s is None else {'async_timeout_s': timeout_s}
+  ck = Checkpointer(str(tmp_path), 2, **kwargs)
+  monkeypatch.setattr(orbax_future, 'time', _ClockJumpsAfterFirstRead(25 * 60))
+  try:
+    ck.save(1, _state(1), {'data_index': 10})
+    ck.latest.wait_until_finished()
+    assert survives
+  except TimeoutError:
+    assert not survives
+  finally:
+    monkeypatch.undo()
+    try:
+      ck.close()
+    except TimeoutError:
+      pass
+  if survives:
+    assert Checkpointer(str(tmp_path), 2).latest_step() == 1
+
+
 def test_another_model_is_an_error_naming_the_parameter_and_both_shapes(saved_run, tmp_path):
   workdir = _copy(saved_run, tmp_path)
   ck = Checkpointer(str(workdir), 3)

@@ -207,10 +207,19 @@ def _restore_step(mngr, step: int, item: str, target: Any) -> tuple[Any, dict]:
 # Saving and resuming.
 
 
+# How long a background save may take to commit before Orbax gives up (its default: 1200 s). The
+# clock is wall time, so a run suspended mid-save (Ctrl-Z, SIGSTOP while something else is timed, a
+# host suspended) used to die on resume with "ChainedFuture ... timed out" although nothing had
+# hung: a claims run paused for 98 minutes, 2026-11-27. A day is longer than any pause we expect
+# and still ends a save that truly hangs.
+ASYNC_SAVE_TIMEOUT_S = 24 * 3600
+
+
 class Checkpointer:
 
-  def __init__(self, workdir: str, keep: int = 2):
+  def __init__(self, workdir: str, keep: int = 2, async_timeout_s: int = ASYNC_SAVE_TIMEOUT_S):
     self.workdir = workdir
+    async_options = ocp.AsyncOptions(timeout_secs=int(async_timeout_s))
     # Two managers save asynchronously side by side (often at the same step); across processes
     # their finalize barriers must not share names, or one manager's barrier on one host can pair
     # with the other's on another host and hang (seen as a shutdown-barrier timeout with 2 processes).
@@ -218,11 +227,13 @@ class Checkpointer:
     self.latest = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'checkpoints')),
         options=ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True,
+                                             async_options=async_options,
                                              multiprocessing_options=mp('gradmem_latest')),
         item_names=('state', 'meta'))
     self.best = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'best')),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                             async_options=async_options,
                                              multiprocessing_options=mp('gradmem_best')),
         item_names=('params', 'meta'))
 
