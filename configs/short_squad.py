@@ -68,7 +68,7 @@ def smollm2(c):
   write-only LoRA: meta-training on little compute. The architecture comes from the model."""
   c.model = ml_collections.ConfigDict(dict(kind='llama', pretrained='smollm2-135m', vocab_size=0,
                                            dtype='bfloat16', param_dtype='float32', remat='none',
-                                           attn_q_block=-1))
+                                           attn_q_block=-1, scan_layers=True))
   c.data.tokenizer = 'model'
   c.memory.update(num_memory=32, freeze_backbone=True, lora_rank=8, inner_lr=0.003)
   c.optim.update(lr=1e-4, warmup_steps=1000, batch_size=16, micro_batch_size=-1)

@@ -427,7 +427,7 @@ def test_runtime_overrides(tmp_path):
   model_cfg, params = G.load_gguf(path, param_dtype='bfloat16', dtype='bfloat16', remat='full')
   assert model_cfg['param_dtype'] == 'bfloat16' and model_cfg['remat'] == 'full'
   assert params['embed_tokens']['embedding'].dtype == jnp.bfloat16
-  with pytest.raises(ValueError, match=r"hidden_size.*allowed overrides: \['dtype', 'param_dtype', 'remat', 'attn_q_block'\]"):
+  with pytest.raises(ValueError, match=r"hidden_size.*allowed overrides: \['dtype', 'param_dtype', 'remat', 'attn_q_block', 'scan_layers'\]"):
     G.load_gguf(path, hidden_size=32)
 
 

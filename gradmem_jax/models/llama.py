@@ -43,8 +43,12 @@ class LlamaConfig:
                                   # skip the masked key blocks (exact; common.causal_attention);
                                   # 0: dense; -1: 128 on CPU (measured there only: WORKSPACE
                                   # section 8), 0 elsewhere
+  scan_layers: bool = False       # run the blocks as one lax.scan over their stacked weights:
+                                  # one block's graph to compile instead of num_layers copies
+                                  # (SmolLM2's 30: WORKSPACE section 8). Same parameters and
+                                  # names; the weights are stacked on each call.
   # Fields that only change how the model runs: may be set over a pretrained checkpoint.
-  RUNTIME_FIELDS: ClassVar[tuple] = ('attn_q_block',)
+  RUNTIME_FIELDS: ClassVar[tuple] = ('attn_q_block', 'scan_layers')
 
   @property
   def dh(self) -> int:
@@ -156,9 +160,30 @@ class LlamaDecoder(nn.Module):
     del deterministic  # Llama has no dropout.
     cos, sin = common.rope_tables(positions, self.inv_freq)
     x = embeds.astype(common.get_dtype(self.cfg.dtype))
-    for layer in self.layers:
-      x = layer(x, cos, sin)
+    if self.cfg.scan_layers and not self.is_initializing():
+      x = self._scan_blocks(x, cos, sin)
+    else:
+      for layer in self.layers:
+        x = layer(x, cos, sin)
     return self.norm(x)
+
+  def _scan_blocks(self, x: Array, cos: Array, sin: Array) -> Array:
+    """The blocks as one lax.scan: each layer's parameters (layers_0, layers_1, ... as stored)
+    are stacked on a leading axis and one unbound block is applied per step. Differentiable to
+    any order like the loop (scan transposes to a scan)."""
+    cfg = self.cfg
+    stacked = jax.tree_util.tree_map(lambda *ps: jnp.stack(ps),
+                                     *[layer.variables['params'] for layer in self.layers])
+    use_remat, policy = common.get_remat_policy(cfg.remat, 'model.remat')
+    block = LlamaBlock(cfg, parent=None)
+
+    def step(h, params):
+      return block.apply({'params': params}, h, cos, sin), None
+
+    if use_remat:
+      step = jax.checkpoint(step, policy=policy)
+    x, _ = jax.lax.scan(step, x, stacked)
+    return x
 
   def logits(self, hidden: Array) -> Array:
     if self.cfg.tie_embeddings:
