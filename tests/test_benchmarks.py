@@ -34,3 +34,37 @@ def test_breakdown_names_the_kinds_of_a_compiled_function():
   assert sum(out['fractions'].values()) == pytest.approx(1.0, abs=1e-3)
   assert out['fractions'].get('dense dot', 0) > 0
   assert all(kind in profile_breakdown.KINDS for _, kind, _ in out['top_ops'])
+
+
+# ------------------------------------------------------------------------------------------------
+# benchmarks/plot_curves.py: stages of a curriculum chained end to end.
+
+import json  # noqa: E402
+
+import plot_curves  # noqa: E402
+
+
+def _stage(path, rows, torn=False):
+  os.makedirs(path)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    for r in rows:
+      f.write(json.dumps(r) + '\n')
+    if torn:
+      f.write('{"step": 9')
+
+
+def test_chain_points_offset_each_stage_by_the_steps_before_it(tmp_path):
+  a, b = str(tmp_path / 'n4'), str(tmp_path / 'n8')
+  _stage(a, [{'step': 10, 'loss': 1.0}, {'step': 100, 'val/em': 0.5},
+             {'step': 130, 'final/em': 0.6}])
+  _stage(b, [{'step': 100, 'val/em': 0.2}, {'step': 150, 'loss': 0.3}], torn=True)
+  points, starts = plot_curves.chain_points([a, b])
+  assert points == [(100, 0.5), (130, 0.6), (230, 0.2)]
+  assert starts == [130]
+
+
+def test_plot_curves_names_a_bad_spec_and_a_missing_run(tmp_path):
+  with pytest.raises(ValueError, match='label=dir'):
+    plot_curves._parse('no_label_here')
+  with pytest.raises(FileNotFoundError, match='metrics.jsonl'):
+    plot_curves.chain_points([str(tmp_path / 'nothing')])
