@@ -48,12 +48,24 @@ def test_train_and_evaluate_smoke(tmp_path):
   assert again['steps'] == 6 and again['stop_reason'] == 'already finished'
 
 
-def test_init_from_copies_parameters(tmp_path):
+def _no_random_init(monkeypatch):
+  """Parameters that come from elsewhere are not first drawn at random and thrown away (for a
+  30-layer pretrained backbone that init program took 53 s to compile on 2 CPU cores)."""
+  from gradmem_jax.training import train as train_module
+
+  def boom(*a, **k):
+    raise AssertionError('init_state (random parameters) called although they are loaded')
+
+  monkeypatch.setattr(train_module, 'init_state', boom)
+
+
+def test_init_from_copies_parameters(tmp_path, monkeypatch):
   src = tmp_path / 'src'
   config = kv_retrieval.get_config('tiny')
   train_and_evaluate(config, str(src))
   config2 = kv_retrieval.get_config('tiny,max_steps=0,n_pairs=3')
   config2.train.init_from = str(src)
+  _no_random_init(monkeypatch)
   out = train_and_evaluate(config2, str(tmp_path / 'dst'))
   assert out['steps'] == 0
   abstract, _ = abstract_state(build_experiment(config))
@@ -65,7 +77,7 @@ def test_init_from_copies_parameters(tmp_path):
 
 @pytest.mark.parametrize('source,where', [('method=full_context,m=0', ''),
                                           ('lr=1e-2', 'checkpoints')])
-def test_init_from_part_backbone_takes_only_the_backbone(tmp_path, source, where):
+def test_init_from_part_backbone_takes_only_the_backbone(tmp_path, monkeypatch, source, where):
   """The backbone of another run (a full-context one, or a GradMem one read from its resumable
   checkpoints) under GradMem: the backbone is the source's; the memory parameters are this run's
   own, built on that backbone (the write head copies its output embedding), never the source's."""
@@ -77,7 +89,9 @@ def test_init_from_part_backbone_takes_only_the_backbone(tmp_path, source, where
   config = kv_retrieval.get_config('tiny,max_steps=0')
   config.train.init_from = str(src / where) if where else str(src)
   config.train.init_from_part = 'backbone'
-  assert train_and_evaluate(config, str(tmp_path / 'dst'))['steps'] == 0
+  with monkeypatch.context() as m:
+    _no_random_init(m)
+    assert train_and_evaluate(config, str(tmp_path / 'dst'))['steps'] == 0
   fresh = tmp_path / 'fresh'
   train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=0'), str(fresh))
   dst, _ = _params(tmp_path / 'dst', config)

@@ -109,7 +109,11 @@ def auto_micro_batch(batch_size: int, n_dev: int, platform: str, seq_len: int) -
 
 
 def init_state(exp: Experiment, rng: Array) -> dict:
-  params = exp.method.init_params(rng)
+  return state_from_params(exp, exp.method.init_params(rng))
+
+
+def state_from_params(exp: Experiment, params: Any) -> dict:
+  """A fresh train state (step 0, fresh optimizer) around given parameters."""
   return {'step': jnp.zeros((), jnp.int32), 'params': params,
           'opt_state': exp.optimizer.init(params)}
 
