@@ -409,3 +409,32 @@ def test_metrics_last_row_missing_only_its_newline_is_kept(tmp_path):
   path.write_bytes(b'{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}')
   MetricsWriter(str(tmp_path), resume_step=2).close()
   assert [r['step'] for r in _rows(path)] == [1, 2]
+
+
+def test_a_best_checkpoint_left_by_a_lost_part_of_the_run_is_replaced(tmp_path):
+  # Killed after saving the best parameters at step 2 but before the resumable checkpoint at 2:
+  # the resumed run starts at 1, reaches step 2 again, and its best save must replace the copy
+  # (Orbax raised StepAlreadyExistsError and a claims run died of it, 2026-11-27).
+  ck = Checkpointer(str(tmp_path), 2)
+  ck.save(1, _state(1), {'data_index': 10})
+  ck.save_best(2, _params(2.0), {'step': 2})
+  ck.close()
+  ck = Checkpointer(str(tmp_path), 2)
+  state, _ = ck.restore_latest(_abstract(_state(0)))
+  assert int(state['step']) == 1
+  ck.save_best(2, _params(5.0), {'step': 2})
+  ck.close()
+  params, meta = load_params(str(tmp_path / 'best'), _abstract(_params(0.0)))
+  assert meta['step'] == 2 and float(params['memory']['mem_init'][0, 0]) == 5.0
+
+
+def test_resume_drops_best_checkpoints_newer_than_the_resumed_step(tmp_path):
+  ck = Checkpointer(str(tmp_path), 2)
+  ck.save(3, _state(3), {'data_index': 30})
+  ck.save_best(5, _params(5.0), {'step': 5})
+  ck.close()
+  ck = Checkpointer(str(tmp_path), 2)
+  assert ck.drop_best_after(4) == [5]
+  assert ck.drop_best_after(4) == []
+  ck.close()
+  assert not os.path.exists(tmp_path / 'best' / '5')

@@ -233,3 +233,20 @@ def test_user_config_args_beat_the_sweep_base(steps):
     c = kv_retrieval.get_config(sweeps.config_arg(spec, sweep, point).partition(':')[2])
     assert c.train.max_steps == steps and c.memory.K == point['K']
     assert c.model.hidden_size == 16 and c.train.eval_every == 500  # tiny, then the base's rest
+
+
+def test_resume_removes_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_path):
+  import shutil
+  from gradmem_jax.training.checkpoint import Checkpointer
+  config = kv_retrieval.get_config('tiny')
+  train_and_evaluate(config, str(tmp_path))
+  params, _ = _params(tmp_path, config)
+  # As if the run had saved a best checkpoint at step 99 and died before its resumable one, and
+  # the resumable checkpoint at step 6 had never been written.
+  ck = Checkpointer(str(tmp_path), 2)
+  ck.save_best(99, params, {'step': 99})
+  ck.close()
+  shutil.rmtree(tmp_path / 'checkpoints' / '6')
+  out = train_and_evaluate(config, str(tmp_path))
+  assert out['steps'] == 6
+  assert not (tmp_path / 'best' / '99').exists()

@@ -245,8 +245,23 @@ class Checkpointer:
                                                    meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
+    # A best checkpoint at this step can only be left from a part of the run that was lost (a
+    # kill after the best save and before the resumable one): the resumed run reached the step
+    # again and its parameters replace that copy (Orbax refuses an existing step).
+    if step in self.best.all_steps():
+      self.best.wait_until_finished()
+      self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
+
+  def drop_best_after(self, step: int) -> list[int]:
+    """Removes best checkpoints newer than `step` (the step a run resumes from): they belong to
+    the part of the run that was lost, which the resumed run trains again. Returns their steps."""
+    self.best.wait_until_finished()
+    gone = [s for s in self.best.all_steps() if s > step]
+    for s in gone:
+      self.best.delete(s)
+    return gone
 
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[Any, dict]]:
     """(state, meta) of the newest good checkpoint, or None when there is no checkpoint at all.
