@@ -411,15 +411,20 @@ def test_metrics_last_row_missing_only_its_newline_is_kept(tmp_path):
   assert [r['step'] for r in _rows(path)] == [1, 2]
 
 
-def test_a_best_checkpoint_left_by_a_lost_part_of_the_run_is_replaced(tmp_path):
-  # Killed after saving the best parameters at step 2 but before the resumable checkpoint at 2:
-  # the resumed run starts at 1, reaches step 2 again, and its best save must replace the copy
-  # (Orbax raised StepAlreadyExistsError and a claims run died of it, 2026-11-27).
-  ck = Checkpointer(str(tmp_path), 2)
-  ck.save(1, _state(1), {'data_index': 10})
-  ck.save_best(2, _params(2.0), {'step': 2})
+def _killed_between_saves(workdir, latest: int, best: int):
+  """A workdir whose run saved its best parameters at step `best` and died before the resumable
+  checkpoint of that step: the newest resumable one is at `latest` < `best`."""
+  ck = Checkpointer(str(workdir), 2)
+  ck.save(latest, _state(latest), {'data_index': 10 * latest})
+  ck.save_best(best, _params(float(best)), {'step': best})
   ck.close()
-  ck = Checkpointer(str(tmp_path), 2)
+  return Checkpointer(str(workdir), 2)
+
+
+def test_a_best_checkpoint_left_by_a_lost_part_of_the_run_is_replaced(tmp_path):
+  # The resumed run starts at 1, reaches step 2 again, and its best save must replace the copy
+  # (Orbax raised StepAlreadyExistsError and a claims run died of it, 2026-11-27).
+  ck = _killed_between_saves(tmp_path, latest=1, best=2)
   state, _ = ck.restore_latest(_abstract(_state(0)))
   assert int(state['step']) == 1
   ck.save_best(2, _params(5.0), {'step': 2})
@@ -429,11 +434,7 @@ def test_a_best_checkpoint_left_by_a_lost_part_of_the_run_is_replaced(tmp_path):
 
 
 def test_resume_drops_best_checkpoints_newer_than_the_resumed_step(tmp_path):
-  ck = Checkpointer(str(tmp_path), 2)
-  ck.save(3, _state(3), {'data_index': 30})
-  ck.save_best(5, _params(5.0), {'step': 5})
-  ck.close()
-  ck = Checkpointer(str(tmp_path), 2)
+  ck = _killed_between_saves(tmp_path, latest=3, best=5)
   assert ck.drop_best_after(4) == [5]
   assert ck.drop_best_after(4) == []
   ck.close()
