@@ -17,12 +17,6 @@ import os
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('runs', '', "'label=dir[+dir...];label=...' for the first panel")
-flags.DEFINE_string('panel', '', 'runs for a second panel, same syntax')
-flags.DEFINE_string('titles', 'KV retrieval;', "';'-separated panel titles")
-flags.DEFINE_string('out', 'curves.png', 'figure path (.png)')
-
 
 def _parse(spec: str) -> list[tuple[str, list[str]]]:
   runs = []
@@ -58,6 +52,17 @@ def chain_points(dirs: list[str]) -> tuple[list[tuple[int, float]], list[int]]:
   return points, starts
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Only when run as a script: tests import this module, and absl flags are process-global."""
+  flags.DEFINE_string('runs', '', "'label=dir[+dir...];label=...' for the first panel")
+  flags.DEFINE_string('panel', '', 'runs for a second panel, same syntax')
+  flags.DEFINE_string('titles', 'KV retrieval;', "';'-separated panel titles")
+  flags.DEFINE_string('out', 'curves.png', 'figure path (.png)')
+
+
 def main(argv):
   del argv
   import matplotlib
@@ -87,4 +92,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -112,10 +112,10 @@ def smollm2(c):
                                            attn_q_block=-1, scan_layers=True))
   # bucket=0: every batch padded to the task's context_len, so one compilation. scan_layers: the 30
   # blocks as one lax.scan. With buckets and unrolled blocks the run made 3 steps in about 6
-  # minutes on an H100 (benchmarks/results/gpu_h100_2026-11-27/notes.md). On this CPU the scan
-  # cut the training step's compile from 171 to 78 s and its step from 5.6 to 4.8 s, same loss
-  # (benchmarks/compile_time.py, WORKSPACE section 8). What the padding costs on a GPU was not
-  # measured.
+  # minutes on an H100 (benchmarks/results/gpu_h100_2026-11-27/notes.md). On this CPU, at fp32
+  # and batch 4, the scan cut the training step's compile from 171 to 78 s and its step from 5.6
+  # to 4.8 s, same loss (benchmarks/compile_time.py; benchmarks/results/compile_time/). What the
+  # padding costs on a GPU was not measured.
   c.data.update(tokenizer='model', query_template='Question: {question}\nAnswer:', bucket=0)
   c.memory.update(num_memory=8, K=1, freeze_backbone=True, lora_rank=8, mem_proj='proj',
                   inner_optimizer='adam', inner_lr=0.03)

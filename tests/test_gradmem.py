@@ -645,13 +645,15 @@ def test_attn_q_block_is_checked_and_resolved_per_backend():
 # Scanned layers (model.scan_layers) against the Python loop over blocks.
 
 
-@pytest.mark.parametrize('remat', ['none', 'full'])
-def test_scanned_layers_give_the_loop_meta_gradient(x64, remat):
+@pytest.mark.parametrize('remat,extra', [('none', {}), ('full', {}),
+                                         # the SmolLM2 presets' kind: frozen backbone + LoRA
+                                         ('none', dict(lora_rank=2, freeze_backbone=True))])
+def test_scanned_layers_give_the_loop_meta_gradient(x64, remat, extra):
   batch = random_batch(b=2, s=9, q=4)
   out = []
   for scan in (False, True):
     method, params = tiny_method('float64', model=dict(scan_layers=scan, remat=remat), K=2,
-                                 inner_lr=0.5, mem_proj='proj')
+                                 inner_lr=0.5, mem_proj='proj', **extra)
     out.append(jax.value_and_grad(_loss_fn(method, batch, inner_loss_weight=0.5))(params))
   np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12)
   _allclose(out[0][1], out[1][1], atol=1e-12, rtol=1e-9)
@@ -676,3 +678,6 @@ def test_scanned_layers_really_scan():
   assert 'scan[' not in jaxpr_loop and 'scan[' in jaxpr_scan
   layers = loop.backbone.cfg.num_layers
   assert layers >= 2 and _dots(run(loop), params) == layers * _dots(run(scan), params)
+  # with a remat policy the scanned block is rematerialised too
+  remat, _ = tiny_method('float32', model=dict(scan_layers=True, remat='full'), K=1)
+  assert 'remat' not in jaxpr_scan and 'remat' in str(jax.make_jaxpr(run(remat))(params))

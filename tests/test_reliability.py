@@ -433,9 +433,15 @@ def test_a_best_checkpoint_left_by_a_lost_part_of_the_run_is_replaced(tmp_path):
   assert meta['step'] == 2 and float(params['memory']['mem_init'][0, 0]) == 5.0
 
 
-def test_resume_drops_best_checkpoints_newer_than_the_resumed_step(tmp_path):
+def test_resume_sets_aside_best_checkpoints_newer_than_the_resumed_step(tmp_path):
+  # Set aside, not deleted: with one best kept, Orbax removed the older best when step 5's
+  # committed, so this copy is the only best parameters on disk.
   ck = _killed_between_saves(tmp_path, latest=3, best=5)
-  assert ck.drop_best_after(4) == [5]
-  assert ck.drop_best_after(4) == []
+  moved = ck.set_aside_best_after(4)
+  assert moved == [(str(tmp_path / 'best' / '5'), str(tmp_path / 'best.lost' / '5'))]
+  assert ck.set_aside_best_after(4) == []
+  ck.save_best(5, _params(7.0), {'step': 5})  # the resumed run can save that step again
   ck.close()
-  assert not os.path.exists(tmp_path / 'best' / '5')
+  assert sorted(os.listdir(tmp_path / 'best.lost' / '5')) == sorted(os.listdir(tmp_path / 'best' / '5'))
+  params, _ = load_params(str(tmp_path / 'best'), _abstract(_params(0.0)))
+  assert float(params['memory']['mem_init'][0, 0]) == 7.0

@@ -235,7 +235,7 @@ def test_user_config_args_beat_the_sweep_base(steps):
     assert c.model.hidden_size == 16 and c.train.eval_every == 500  # tiny, then the base's rest
 
 
-def test_resume_removes_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_path):
+def test_resume_sets_aside_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_path):
   import shutil
   from gradmem_jax.training.checkpoint import Checkpointer
   config = kv_retrieval.get_config('tiny')
@@ -249,4 +249,4 @@ def test_resume_removes_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_path
   shutil.rmtree(tmp_path / 'checkpoints' / '6')
   out = train_and_evaluate(config, str(tmp_path))
   assert out['steps'] == 6
-  assert not (tmp_path / 'best' / '99').exists()
+  assert not (tmp_path / 'best' / '99').exists() and (tmp_path / 'best.lost' / '99').exists()

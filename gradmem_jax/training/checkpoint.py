@@ -211,8 +211,42 @@ def _restore_step(mngr, step: int, item: str, target: Any) -> tuple[Any, dict]:
 # clock is wall time, so a run suspended mid-save (Ctrl-Z, SIGSTOP while something else is timed, a
 # host suspended) used to die on resume with "ChainedFuture ... timed out" although nothing had
 # hung: a claims run paused for 98 minutes, 2026-11-27. A day is longer than any pause we expect
-# and still ends a save that truly hangs.
+# and still ends a save that truly hangs. Orbax also uses it as the multi-host finalize barrier's
+# timeout: a dead peer is normally failed sooner by JAX's coordination service, but if it is not,
+# the other processes wait up to this long.
 ASYNC_SAVE_TIMEOUT_S = 24 * 3600
+
+
+LOST_BEST_DIR = 'best.lost'
+
+
+def _free_path(root: str, step: int) -> str:
+  """root/step, or root/step.1, root/step.2, ... when taken."""
+  dest, n = os.path.join(root, str(step)), 1
+  while os.path.exists(dest):
+    dest = os.path.join(root, f'{step}.{n}')
+    n += 1
+  return dest
+
+
+def _move_dirs(moves: list[tuple[str, str]], barrier: str) -> None:
+  """Renames checkpoint directories on process 0, between barriers on every process. A move that
+  fails is a warning: the run goes on, and saving that step again fails, clearly."""
+  multi = jax.process_count() > 1
+  if multi:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'{barrier}_pre')
+  if jax.process_index() == 0:
+    for src, dest in moves:
+      try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.rename(src, dest)
+      except OSError as e:
+        warnings.warn(f'could not move the checkpoint {src} to {dest} ({e}): move or delete it by '
+                      'hand before the run saves that step again', DamagedCheckpointWarning,
+                      stacklevel=3)
+  if multi:
+    multihost_utils.sync_global_devices(f'{barrier}_post')
 
 
 class Checkpointer:
@@ -246,22 +280,31 @@ class Checkpointer:
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
     # A best checkpoint at this step can only be left from a part of the run that was lost (a
-    # kill after the best save and before the resumable one): the resumed run reached the step
-    # again and its parameters replace that copy (Orbax refuses an existing step).
+    # kill after the best save and before the resumable one) and not set aside on resume (a
+    # resume from this very step): the run's parameters replace that copy (Orbax refuses an
+    # existing step).
     if step in self.best.all_steps():
       self.best.wait_until_finished()
       self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
 
-  def drop_best_after(self, step: int) -> list[int]:
-    """Removes best checkpoints newer than `step` (the step a run resumes from): they belong to
-    the part of the run that was lost, which the resumed run trains again. Returns their steps."""
+  def set_aside_best_after(self, step: int) -> list[tuple[str, str]]:
+    """Moves best checkpoints newer than `step` (the step a run resumes from) to
+    `<workdir>/best.lost/`: they come from the part of the run that was lost (killed after the
+    best save and before the resumable one), which the resumed run trains again, and Orbax would
+    refuse to save their steps again. Nothing is deleted: with one best kept, such a copy can be the
+    only best parameters on disk until the resumed run saves its own. Returns (from, to) paths."""
     self.best.wait_until_finished()
-    gone = [s for s in self.best.all_steps() if s > step]
-    for s in gone:
-      self.best.delete(s)
-    return gone
+    newer = [s for s in self.best.all_steps() if s > step]
+    if not newer:
+      return []
+    moves = [(os.path.join(str(self.best.directory), str(s)),
+              _free_path(os.path.join(os.path.abspath(self.workdir), LOST_BEST_DIR), s))
+             for s in newer]
+    _move_dirs(moves, 'gradmem_best_set_aside')
+    self.best.reload()
+    return moves
 
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[Any, dict]]:
     """(state, meta) of the newest good checkpoint, or None when there is no checkpoint at all.
@@ -303,14 +346,7 @@ class Checkpointer:
 
   def _set_aside(self, damaged, good_step: int, good_dir: str) -> None:
     dest_root = os.path.join(os.path.abspath(self.workdir), DAMAGED_DIR)
-    moves = []
-    for step, path, _ in damaged:
-      dest = os.path.join(dest_root, str(step))
-      n = 1
-      while os.path.exists(dest):
-        dest = os.path.join(dest_root, f'{step}.{n}')
-        n += 1
-      moves.append((path, dest))
+    moves = [(path, _free_path(dest_root, step)) for step, path, _ in damaged]
     msg = (f'checkpoint {damaged[0][1]} (step {damaged[0][0]}) is damaged: {damaged[0][2]}; '
            f'resuming from the previous good checkpoint {good_dir} (step {good_step}).')
     if len(damaged) > 1:
@@ -319,21 +355,7 @@ class Checkpointer:
     warnings.warn(msg, DamagedCheckpointWarning, stacklevel=3)
     logging.warning('%s', msg)
     # Moved aside so that the run can save these steps again (orbax refuses an existing step).
-    multi = jax.process_count() > 1
-    if multi:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices('gradmem_checkpoint_set_aside_pre')
-    if jax.process_index() == 0:
-      for src, dest in moves:
-        try:
-          os.makedirs(dest_root, exist_ok=True)
-          os.rename(src, dest)
-        except OSError as e:  # the run can go on; saving that step again will fail, clearly
-          warnings.warn(f'could not move the damaged checkpoint {src} to {dest} ({e}): move or '
-                        'delete it by hand before the run saves that step again',
-                        DamagedCheckpointWarning, stacklevel=3)
-    if multi:
-      multihost_utils.sync_global_devices('gradmem_checkpoint_set_aside_post')
+    _move_dirs(moves, 'gradmem_checkpoint_set_aside')
     self.latest.reload()
 
   def wait(self) -> None:

@@ -139,10 +139,10 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
   if restored is not None:
     state, meta = restored
     logging.info('resumed at step %d', int(state['step']))
-    gone = ckpt.drop_best_after(int(state['step']))
-    if gone:
-      say(f'removed best checkpoint(s) at step(s) {gone}: newer than the resumed step '
-          f'{int(state["step"])}, from the part of the run that was lost')
+    moved = ckpt.set_aside_best_after(int(state['step']))
+    if moved:
+      say(f'moved best checkpoint(s) {", ".join(f"{a} -> {b}" for a, b in moved)}: newer than the '
+          f'resumed step {int(state["step"])}, from the part of the run that was lost')
     return state, meta, True
   part = config_lib.check_init_from_part(cfg.train)
   params = None
