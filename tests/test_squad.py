@@ -410,7 +410,7 @@ def test_default_config_points_at_the_shipped_dev_set():
   assert config.memory.num_memory == 32
 
 
-def test_start_from_a_hugging_face_checkpoint(tmp_path, squad_file):
+def test_start_from_a_hugging_face_checkpoint(tmp_path, squad_file, monkeypatch):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   ckpt = tmp_path / 'gpt2'
@@ -430,6 +430,11 @@ def test_start_from_a_hugging_face_checkpoint(tmp_path, squad_file):
   wte = model.transformer.wte.weight.detach().numpy()
   np.testing.assert_allclose(np.asarray(params['backbone']['wte']['embedding']), wte, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(params['memory']['write_head']), wte.T, rtol=1e-6)
+  # The run starts from the checkpoint's weights without first drawing random ones to throw
+  # away (a 30-layer init program took 53 s to compile for SmolLM2 on 2 CPU cores).
+  from gradmem_jax.training import train as train_module
+  monkeypatch.setattr(train_module, 'init_state', lambda *a, **k: pytest.fail(
+      'init_state (random parameters) called although the backbone is pretrained'))
   results = train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['steps'] == 4 and np.isfinite(results['final']['target_loss'])
   bad = _tiny(squad_file, 'gpt2', model=())
