@@ -221,7 +221,8 @@ def run_one(args):
       'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'matmul_precision': args.matmul_precision or 'default', 'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
-      'compile_s': compile_s, 'cost_compile_s': cost_compile_s, 'process_work_s': time.perf_counter() - t_start,
+      'compile_s': compile_s, 'cost_compile_s': cost_compile_s,
+      'process_work_s': time.perf_counter() - t_start,
   }
   if args.profile:
     import profile_breakdown  # beside this script (sys.path[0])

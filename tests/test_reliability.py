@@ -411,37 +411,24 @@ def test_metrics_last_row_missing_only_its_newline_is_kept(tmp_path):
   assert [r['step'] for r in _rows(path)] == [1, 2]
 
 
-def _killed_between_saves(workdir, latest: int, best: int):
-  """A workdir whose run saved its best parameters at step `best` and died before the resumable
-  checkpoint of that step: the newest resumable one is at `latest` < `best`."""
-  ck = Checkpointer(str(workdir), 2)
-  ck.save(latest, _state(latest), {'data_index': 10 * latest})
-  ck.save_best(best, _params(float(best)), {'step': best})
+def test_resume_sets_aside_best_checkpoints_newer_than_the_resumed_step(tmp_path):
+  # Killed after saving the best parameters at step 2 but before the resumable checkpoint at 2.
+  # The resumed run starts at 1 and reaches step 2 again; Orbax refuses an existing step
+  # (StepAlreadyExistsError killed a claims run, 2026-11-27), so the copy is set aside, not
+  # deleted: with one best kept, Orbax removed the older best when step 2's committed, so this
+  # copy is the only best parameters on disk.
+  ck = Checkpointer(str(tmp_path), 2)
+  ck.save(1, _state(1), {'data_index': 10})
+  ck.save_best(2, _params(2.0), {'step': 2})
   ck.close()
-  return Checkpointer(str(workdir), 2)
-
-
-def test_a_best_checkpoint_left_by_a_lost_part_of_the_run_is_replaced(tmp_path):
-  # The resumed run starts at 1, reaches step 2 again, and its best save must replace the copy
-  # (Orbax raised StepAlreadyExistsError and a claims run died of it, 2026-11-27).
-  ck = _killed_between_saves(tmp_path, latest=1, best=2)
+  ck = Checkpointer(str(tmp_path), 2)
   state, _ = ck.restore_latest(_abstract(_state(0)))
   assert int(state['step']) == 1
-  ck.save_best(2, _params(5.0), {'step': 2})
+  moved = ck.set_aside_best_after(1)
+  assert moved == [(str(tmp_path / 'best' / '2'), str(tmp_path / 'best.lost' / '2'))]
+  assert ck.set_aside_best_after(1) == []
+  ck.save_best(2, _params(5.0), {'step': 2})  # the resumed run can save that step again
   ck.close()
+  assert sorted(os.listdir(tmp_path / 'best.lost' / '2')) == sorted(os.listdir(tmp_path / 'best' / '2'))
   params, meta = load_params(str(tmp_path / 'best'), _abstract(_params(0.0)))
   assert meta['step'] == 2 and float(params['memory']['mem_init'][0, 0]) == 5.0
-
-
-def test_resume_sets_aside_best_checkpoints_newer_than_the_resumed_step(tmp_path):
-  # Set aside, not deleted: with one best kept, Orbax removed the older best when step 5's
-  # committed, so this copy is the only best parameters on disk.
-  ck = _killed_between_saves(tmp_path, latest=3, best=5)
-  moved = ck.set_aside_best_after(4)
-  assert moved == [(str(tmp_path / 'best' / '5'), str(tmp_path / 'best.lost' / '5'))]
-  assert ck.set_aside_best_after(4) == []
-  ck.save_best(5, _params(7.0), {'step': 5})  # the resumed run can save that step again
-  ck.close()
-  assert sorted(os.listdir(tmp_path / 'best.lost' / '5')) == sorted(os.listdir(tmp_path / 'best' / '5'))
-  params, _ = load_params(str(tmp_path / 'best'), _abstract(_params(0.0)))
-  assert float(params['memory']['mem_init'][0, 0]) == 7.0

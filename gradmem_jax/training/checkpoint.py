@@ -279,13 +279,6 @@ class Checkpointer:
                                                    meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
-    # A best checkpoint at this step can only be left from a part of the run that was lost (a
-    # kill after the best save and before the resumable one) and not set aside on resume (a
-    # resume from this very step): the run's parameters replace that copy (Orbax refuses an
-    # existing step).
-    if step in self.best.all_steps():
-      self.best.wait_until_finished()
-      self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
 
