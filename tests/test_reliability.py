@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import warnings
 
 import jax
@@ -185,16 +186,23 @@ def test_no_checkpoint_means_a_fresh_start(tmp_path):
 
 
 class _ClockJumpsAfterFirstRead:
-  """time.time() for Orbax's futures: the first read is now, every later one 25 minutes on, as if
-  the process had been suspended (SIGSTOP, Ctrl-Z) while a background save was committing."""
+  """time.time() for Orbax's futures: in each thread, the first read is now and every later one is
+  25 minutes on, as if the process had been suspended (SIGSTOP, Ctrl-Z) while a background save was
+  committing. Per thread, because a wait reads its start and its elapsed time in one thread, while
+  other threads of the save may read the clock first (a shared count made the negative case racy:
+  it passed on CI when another thread took the 'now' read)."""
 
   def __init__(self, jump_s):
-    self.jump_s, self.reads = jump_s, 0
+    self.jump_s, self.seen = jump_s, set()
+    self.lock = threading.Lock()
 
   def time(self):
     import time as real
-    self.reads += 1
-    return real.time() + (self.jump_s if self.reads > 1 else 0.0)
+    me = threading.get_ident()
+    with self.lock:
+      later = me in self.seen
+      self.seen.add(me)
+    return real.time() + (self.jump_s if later else 0.0)
 
 
 @pytest.mark.parametrize('timeout_s, survives', [(None, True), (1200, False)])
