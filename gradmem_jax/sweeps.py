@@ -124,10 +124,22 @@ def is_finished(workdir: str) -> bool:
 
 
 def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
+  """Writes sweep.json. Variants of one sweep (same name, e.g. claims' `cpu_seed0` and `k1_seeds`)
+  may share a dir: the manifest keeps the points an earlier variant recorded there, so the report
+  still finds every finished point's overrides."""
   os.makedirs(sweep_dir, exist_ok=True)
+  points = [{'slug': slug(p), 'overrides': p} for p in sweep.points]
+  init_from = dict(sweep.init_from)
+  path = os.path.join(sweep_dir, 'sweep.json')
+  if os.path.exists(path):
+    old = json.load(open(path))
+    if old.get('name') == sweep.name:
+      new_slugs = {p['slug'] for p in points}
+      points = [p for p in old['points'] if p['slug'] not in new_slugs] + points
+      init_from = {**old.get('init_from', {}), **init_from}
   manifest = {'name': sweep.name, 'description': sweep.description, 'config': config_spec,
-              'base': sweep.base, 'figures': list(sweep.figures), 'init_from': sweep.init_from,
-              'points': [{'slug': slug(p), 'overrides': p} for p in sweep.points]}
+              'base': sweep.base, 'figures': list(sweep.figures), 'init_from': init_from,
+              'points': points}
   tmp = os.path.join(sweep_dir, 'sweep.json.tmp')
   with open(tmp, 'w') as f:
     json.dump(manifest, f, indent=2)

@@ -97,6 +97,17 @@ def test_claims_sweep_curriculum_in_n():
   cmd = sweeps.point_command('configs/kv_retrieval.py', s, n4, '/sd')
   assert cmd[-1] == f'--config.train.init_from=/sd/{src}'
   sweeps.validate_points('configs/kv_retrieval.py', s)  # every point's config builds
+  # The seeds variant is a part of `cpu`: the same point names and curriculum sources, so the two
+  # share a sweep dir and neither reruns the other's points.
+  full = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:cpu'))
+  seeds = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:k1_seeds'))
+  assert len(seeds.points) == 3 * 2 * 2  # the 3 K=1 settings x N in {2, 4} x seeds 1-2
+  full_slugs = [sweeps.slug(p) for p in full.points]
+  for p in seeds.points:
+    assert p['K'] == 1 and p['seed'] in (1, 2) and p['n_pairs'] in (2, 4)
+    assert sweeps.slug(p) in full_slugs
+    assert seeds.init_from.get(sweeps.slug(p)) == full.init_from.get(sweeps.slug(p))
+  assert (seeds.name, seeds.base) == (full.name, full.base)
   tune = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune'))
   assert len(tune.points) == 5 + 5 * 3  # 5 N=2 sources, each with 3 outer lrs at N=4
   for p in tune.points:

@@ -583,14 +583,15 @@ def test_blocked_attention_equals_dense_in_value_gradient_and_hessian_vector_pro
   hvp = lambda g, x, t: jax.jvp(jax.grad(g, argnums=(0, 1, 2)), x, t)[1]
   tangents = tuple(jax.random.normal(jax.random.PRNGKey(i), x.shape, jnp.float64)
                    for i, x in enumerate((q, k, v)))
-  dense = f(0)
+  # Value, gradient and HVP in one jitted call per block size (op by op, this took a minute).
+  three = jax.jit(lambda g: (g(q, k, v), jax.grad(g, argnums=(0, 1, 2))(q, k, v),
+                             hvp(g, (q, k, v), tangents)), static_argnums=0)
+  dense = three(f(0))
   for qb in (1, 3, 4, 10):  # 11 rows: uneven last blocks, and one block of one row
-    blocked = f(qb)
-    np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), rtol=1e-12)
-    _allclose(jax.grad(blocked, argnums=(0, 1, 2))(q, k, v),
-              jax.grad(dense, argnums=(0, 1, 2))(q, k, v), atol=1e-12, rtol=1e-10)
-    _allclose(hvp(blocked, (q, k, v), tangents), hvp(dense, (q, k, v), tangents), atol=1e-11,
-              rtol=1e-9)
+    blocked = three(f(qb))
+    np.testing.assert_allclose(blocked[0], dense[0], rtol=1e-12)
+    _allclose(blocked[1], dense[1], atol=1e-12, rtol=1e-10)
+    _allclose(blocked[2], dense[2], atol=1e-11, rtol=1e-9)
 
 
 def test_blocked_attention_gives_the_dense_meta_gradient(x64):

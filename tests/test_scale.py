@@ -26,7 +26,8 @@ ARG = 'tiny,max_steps=4,train.checkpoint_every=2,train.eval_every=2'
 
 
 def _train(workdir, devices=1, arg=ARG, extra=(), env_extra=None, timeout=300):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
+                                    f' --xla_force_host_platform_device_count={devices}'),
              JAX_PLATFORMS='cpu')
   env.update(env_extra or {})
   cmd = [sys.executable, '-m', 'experiments.kv_retrieval',

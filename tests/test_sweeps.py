@@ -45,6 +45,23 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   assert second.count('finished, skipped') == 2 and ': running' not in second
 
 
+def test_variants_sharing_a_dir_keep_each_others_points_in_the_manifest(tmp_path):
+  # claims' cpu_seed0 and k1_seeds write one dir: the second must not drop the first's points, or
+  # the report loses their overrides (method, K) and with them their rows.
+  a = sweeps.Sweep('claims', [dict(K=1, seed=0), dict(K=2, seed=0)], base='tiny',
+                   init_from={'K=2,seed=0': 'K=1,seed=0'})
+  b = sweeps.Sweep('claims', [dict(K=1, seed=1), dict(K=2, seed=0)], base='tiny')
+  sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', a)
+  sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', b)
+  m = json.load(open(tmp_path / 'sweep.json'))
+  assert [p['slug'] for p in m['points']] == ['K=1,seed=0', 'K=1,seed=1', 'K=2,seed=0']
+  assert m['init_from'] == {'K=2,seed=0': 'K=1,seed=0'}
+  # Another sweep in the same dir replaces the manifest (nothing of the old one is claimed).
+  sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', sweeps.Sweep('other', [dict(K=5)]))
+  m = json.load(open(tmp_path / 'sweep.json'))
+  assert [p['slug'] for p in m['points']] == ['K=5'] and m['init_from'] == {}
+
+
 def test_dry_run_prints_one_command_per_point(tmp_path):
   out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
               f'--sweep={ROOT}/configs/sweeps/n_pairs.py:paper', f'--sweep_dir={tmp_path}',

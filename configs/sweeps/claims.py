@@ -17,6 +17,10 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              best parameters at the previous N (fresh optimizer). Every point stops at 99% EM or
              4,000 steps (RMT: 12,000, see TUNED).
   cpu_seed0  `cpu` with seed 0 only (a third of the runs: the first pass).
+  k1_seeds   `cpu`'s seeds 1-2 for the K=1 settings (claims 1 and 3) at N in {2, 4}: the spread
+             over seeds for the two claims the CPU can afford three seeds of (about an hour per
+             seed). The same points, names and curriculum sources as `cpu`, so a later `cpu` run
+             in the same sweep dir skips them.
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
@@ -118,6 +122,10 @@ def get_sweep(arg=None):
   if variant == 'cpu_seed0':
     return _claims('claims_cpu', [2, 4, 8], [0], cpu_base,
                    'KV claims at CPU scale, seed 0 (first pass)')
+  if variant == 'k1_seeds':
+    return _claims('claims_cpu', [2, 4], [1, 2], cpu_base,
+                   'KV claims 1 and 3 at CPU scale, seeds 1-2, N in {2, 4}',
+                   methods=[m for m in METHODS if m['K'] == 1])
   if variant == 'depth':
     return _claims('claims_depth', [2, 4], [0],
                    'model.num_layers=4,max_steps=8000,train.eval_every=500,train.target_em=0.99',
@@ -125,5 +133,6 @@ def get_sweep(arg=None):
   if variant == 'paper':
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
-  raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, depth, '
+  raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
+                   'depth, '
                    'paper')
