@@ -48,6 +48,19 @@ def test_train_and_evaluate_smoke(tmp_path):
   assert again['steps'] == 6 and again['stop_reason'] == 'already finished'
 
 
+def test_max_steps_zero_evaluates_the_initial_parameters(tmp_path):
+  # Zero-shot numbers (a pretrained model with the context in its input, say) come from the same
+  # runner and evaluators as the trained runs: max_steps=0 evaluates and trains nothing.
+  config = kv_retrieval.get_config('tiny,max_steps=0')
+  results = train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 0 and results['stop_reason'] == 'evaluation only (max_steps=0)'
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert not any('loss' in r for r in rows) and 'final/em' in rows[-1]
+  assert results['final']['target_loss'] > 0
+  init = evaluate_lib.evaluate_run(str(tmp_path), [config.memory.K])[0]
+  assert init['checkpoint_step'] == 0 and init['em'] == results['final']['em']
+
+
 def _no_random_init(monkeypatch):
   """Parameters that come from elsewhere are not first drawn at random and thrown away (for a
   30-layer pretrained backbone that init program took 53 s to compile on 2 CPU cores)."""

@@ -234,7 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- Train: log, evaluate (best checkpoint by token accuracy), checkpoint, stop rules.
   step = start_step
   last_loss = None  # until the first logged step
-  stop_reason = 'max_steps' if step < max_steps else 'already finished'
+  if step < max_steps:
+    stop_reason = 'max_steps'
+  else:  # max_steps=0 on a fresh workdir: evaluate the initial (e.g. pretrained) parameters
+    stop_reason = 'evaluation only (max_steps=0)' if step == 0 else 'already finished'
   log_every = max(1, min(50, int(cfg.train.eval_every)))
 
   state_finite = True  # of `state` (always, unless on_nonfinite='ignore')
