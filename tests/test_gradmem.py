@@ -354,9 +354,12 @@ def test_learned_inner_lr_gets_gradient_and_is_positive():
   assert np.all(np.abs(np.asarray(g['memory']['inner_lr'])) > 0)
 
 
-def test_dropout_draws_fresh_mask_per_inner_step():
+@pytest.mark.parametrize('scan', [False, True])
+def test_dropout_draws_fresh_mask_per_inner_step(scan):
+  # embedding dropout (outside the blocks) and residual dropout (inside them, so inside the scan)
   method, params = tiny_method(K=2, inner_lr=0.5, model=dict(
-      kind='gpt2', embd_dropout=0.5, attn_dropout=0.0, resid_dropout=0.0))
+      kind='gpt2', embd_dropout=0.5 * (not scan), attn_dropout=0.0, resid_dropout=0.5 * scan,
+      scan_layers=scan))
   batch = random_batch(b=2, s=6)
   key = jax.random.PRNGKey(3)
   s1, t1 = method.write(params, batch['context'], batch['context_mask'], rng=key,
@@ -647,18 +650,55 @@ def test_attn_q_block_is_checked_and_resolved_per_backend():
 
 
 # remat inside the scan is checked by test_scanned_layers_really_scan (its values are JAX's own)
-@pytest.mark.parametrize('remat,extra', [('none', {}),
+@pytest.mark.parametrize('model,extra', [({}, {}),
                                          # the SmolLM2 presets' kind: frozen backbone + LoRA
-                                         ('none', dict(lora_rank=2, freeze_backbone=True))])
-def test_scanned_layers_give_the_loop_meta_gradient(x64, remat, extra):
+                                         ({}, dict(lora_rank=2, freeze_backbone=True)),
+                                         (NO_DROPOUT_GPT2, {})],
+                         ids=['llama', 'llama_lora_frozen_backbone', 'gpt2'])
+def test_scanned_layers_give_the_loop_meta_gradient(x64, model, extra):
   batch = random_batch(b=2, s=9, q=4)
   out = []
   for scan in (False, True):
-    method, params = tiny_method('float64', model=dict(scan_layers=scan, remat=remat), K=2,
+    method, params = tiny_method('float64', model=dict(model, scan_layers=scan), K=2,
                                  inner_lr=0.5, mem_proj='proj', **extra)
-    out.append(jax.value_and_grad(_loss_fn(method, batch, inner_loss_weight=0.5))(params))
+    out.append(jax.jit(jax.value_and_grad(_loss_fn(method, batch, inner_loss_weight=0.5)))(params))
   np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12)
   _allclose(out[0][1], out[1][1], atol=1e-12, rtol=1e-9)
+
+
+def test_scanned_blocks_draw_one_dropout_key_per_layer():
+  from flax import linen as nn
+  from gradmem_jax.models import common
+
+  class AddMask(nn.Module):  # h + a dropout mask of ones (each entry 0 or 2)
+    cfg: object = None
+
+    @nn.compact
+    def __call__(self, h):
+      nn.Dense(1, name='unused')(h[:1])
+      return h + nn.Dropout(0.5)(jnp.ones_like(h), deterministic=False)
+
+  class Cfg:
+    remat = 'none'
+
+  class Three(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+      layers = [AddMask(name=f'l_{i}') for i in range(3)]
+      if self.is_initializing():
+        for layer in layers:
+          h = layer(h)
+        return h
+      return common.scan_blocks(Cfg, layers, AddMask(parent=None), h,
+                                dropout_rng=self.make_rng('dropout'))
+
+  h = jnp.zeros((4000,))
+  rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
+  variables = Three().init(rngs, h)
+  out = np.asarray(Three().apply(variables, h, rngs={'dropout': jax.random.PRNGKey(2)}))
+  # One key for all layers would give 3 equal masks: sums 0 or 6 only.
+  counts = {v: int(np.sum(out == v)) for v in (0, 2, 4, 6)}
+  assert sum(counts.values()) == out.size and min(counts.values()) > 200, counts
 
 
 def test_scanned_layers_pass_finite_differences(x64):
@@ -669,17 +709,18 @@ def test_scanned_layers_pass_finite_differences(x64):
   assert errors.max() < FD_TOL, errors
 
 
-def test_scanned_layers_really_scan():
+@pytest.mark.parametrize('kind', ['llama', 'gpt2'])
+def test_scanned_layers_really_scan(kind):
   """The equivalence above would pass if the flag were ignored: the scanned backbone holds one
   block's products inside a scan instead of one copy per layer."""
-  loop, params = tiny_method('float32', model=dict(scan_layers=False), K=1)
-  scan, _ = tiny_method('float32', model=dict(scan_layers=True), K=1)
-  x = jnp.ones((1, 7, params['backbone']['embed_tokens']['embedding'].shape[1]))
+  loop, params = tiny_method('float32', model=dict(kind=kind, scan_layers=False), K=1)
+  scan, _ = tiny_method('float32', model=dict(kind=kind, scan_layers=True), K=1)
+  x = jnp.ones((1, 7, loop.backbone.cfg.hidden_size))
   run = lambda m: (lambda p: m.backbone.hidden(p['backbone'], x, jnp.arange(7)))
   jaxpr_loop, jaxpr_scan = (str(jax.make_jaxpr(run(m))(params)) for m in (loop, scan))
   assert 'scan[' not in jaxpr_loop and 'scan[' in jaxpr_scan
   layers = loop.backbone.cfg.num_layers
   assert layers >= 2 and _dots(run(loop), params) == layers * _dots(run(scan), params)
   # with a remat policy the scanned block is rematerialised too
-  remat, _ = tiny_method('float32', model=dict(scan_layers=True, remat='full'), K=1)
+  remat, _ = tiny_method('float32', model=dict(kind=kind, scan_layers=True, remat='full'), K=1)
   assert 'remat' not in jaxpr_scan and 'remat' in str(jax.make_jaxpr(run(remat))(params))

@@ -71,6 +71,30 @@ def blocks(block_cls, cfg, prefix: str, static_argnums: tuple = ()) -> list:
   return [block_cls(cfg, name=f'{prefix}_{i}') for i in range(cfg.num_layers)]
 
 
+def scan_blocks(cfg, layers: list, block: nn.Module, x: Array, *args,
+                dropout_rng: Optional[Array] = None) -> Array:
+  """The blocks as one lax.scan: each layer's parameters (prefix_0, prefix_1, ... as stored, so
+  names and checkpoints are unchanged) are stacked on a leading axis and `block` (an unbound
+  block, parent=None) is applied per step to (x, *args). Differentiable to any order like the
+  loop (a scan transposes to a scan); cfg.remat's policy rematerialises each step. With a
+  dropout_rng, layer i draws its masks from split(dropout_rng, num_layers)[i]: fresh per layer and
+  per call, but not the loop's streams (those fold in the module path)."""
+  stacked = jax.tree_util.tree_map(lambda *ps: jnp.stack(ps),
+                                   *[layer.variables['params'] for layer in layers])
+  keys = None if dropout_rng is None else jax.random.split(dropout_rng, len(layers))
+  use_remat, policy = get_remat_policy(cfg.remat, 'model.remat')
+
+  def step(h, xs):
+    params, key = xs
+    rngs = {} if key is None else {'dropout': key}
+    return block.apply({'params': params}, h, *args, rngs=rngs), None
+
+  if use_remat:
+    step = jax.checkpoint(step, policy=policy)
+  x, _ = jax.lax.scan(step, x, (stacked, keys))
+  return x
+
+
 def embedding(cfg, num: int, std: float) -> nn.Embed:
   """A [num, hidden_size] embedding table in the config's dtypes, initialised N(0, std)."""
   return nn.Embed(num, cfg.hidden_size, dtype=get_dtype(cfg.dtype),

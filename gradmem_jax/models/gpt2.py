@@ -37,9 +37,12 @@ class GPT2Config:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat: str = 'none'
+  scan_layers: bool = False       # the blocks as one lax.scan over their stacked weights (as
+                                  # Llama's; common.scan_blocks). Dropout masks then come from
+                                  # one key per layer: fresh, but not the loop's streams.
 
   # Fields a pretrained checkpoint's config may be run with changed (models/pretrained.py).
-  RUNTIME_FIELDS = ('embd_dropout', 'attn_dropout', 'resid_dropout')
+  RUNTIME_FIELDS = ('embd_dropout', 'attn_dropout', 'resid_dropout', 'scan_layers')
 
   @property
   def dh(self) -> int:
@@ -110,8 +113,13 @@ class GPT2Decoder(nn.Module):
     pos = self.wpe(positions)
     x = embeds.astype(common.get_dtype(self.cfg.dtype)) + pos
     x = self.drop(x, deterministic=deterministic)
-    for block in self.h:
-      x = block(x, deterministic)
+    if self.cfg.scan_layers and not self.is_initializing():
+      dropout = not deterministic and max(self.cfg.attn_dropout, self.cfg.resid_dropout) > 0
+      x = common.scan_blocks(self.cfg, self.h, GPT2Block(self.cfg, parent=None), x,
+                             deterministic, dropout_rng=self.make_rng('dropout') if dropout else None)
+    else:
+      for block in self.h:
+        x = block(x, deterministic)
     return self.ln_f(x)
 
   def logits(self, hidden: Array) -> Array:

@@ -161,29 +161,12 @@ class LlamaDecoder(nn.Module):
     cos, sin = common.rope_tables(positions, self.inv_freq)
     x = embeds.astype(common.get_dtype(self.cfg.dtype))
     if self.cfg.scan_layers and not self.is_initializing():
-      x = self._scan_blocks(x, cos, sin)
+      x = common.scan_blocks(self.cfg, self.layers, LlamaBlock(self.cfg, parent=None), x, cos,
+                             sin)
     else:
       for layer in self.layers:
         x = layer(x, cos, sin)
     return self.norm(x)
-
-  def _scan_blocks(self, x: Array, cos: Array, sin: Array) -> Array:
-    """The blocks as one lax.scan: each layer's parameters (layers_0, layers_1, ... as stored)
-    are stacked on a leading axis and one unbound block is applied per step. Differentiable to
-    any order like the loop (scan transposes to a scan)."""
-    cfg = self.cfg
-    stacked = jax.tree_util.tree_map(lambda *ps: jnp.stack(ps),
-                                     *[layer.variables['params'] for layer in self.layers])
-    use_remat, policy = common.get_remat_policy(cfg.remat, 'model.remat')
-    block = LlamaBlock(cfg, parent=None)
-
-    def step(h, params):
-      return block.apply({'params': params}, h, cos, sin), None
-
-    if use_remat:
-      step = jax.checkpoint(step, policy=policy)
-    x, _ = jax.lax.scan(step, x, stacked)
-    return x
 
   def logits(self, hidden: Array) -> Array:
     if self.cfg.tie_embeddings:
