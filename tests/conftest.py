@@ -1,7 +1,9 @@
 """Shared fixtures: tiny models and batches for fast CPU tests."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,8 @@ import tempfile
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='gradmem-tests-xla-cache-')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  # removed when the process that made it (the controller) exits, after the workers
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 # The suite compiles hundreds of tiny programs and runs most of them a few times, so LLVM's
 # optimisation passes cost more than they save: at backend optimisation level 0 two compile-bound

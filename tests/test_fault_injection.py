@@ -26,6 +26,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from configs import kv_retrieval
 from gradmem_jax.training import abstract_state, build_experiment
@@ -58,6 +59,21 @@ cli.run('configs/kv_retrieval.py')
 '''
 
 
+# Every run a test started; the `_reap` fixture kills those still alive when the test ends, so a
+# hung or abandoned run (a failed assertion, a wait that timed out) does not load the later tests.
+_STARTED: list = []
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+  yield
+  while _STARTED:
+    p = _STARTED.pop()
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
 def _start(tmp_path, name, env=None):
   """A run in a subprocess, its console in <name>.log (an unread pipe could fill and block it)."""
   launcher = tmp_path / 'launch.py'
@@ -69,7 +85,8 @@ def _start(tmp_path, name, env=None):
     if not env or k not in env:
       full.pop(k, None)
   log = open(tmp_path / f'{name}.log', 'a')
-  return subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT)
+  _STARTED.append(subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT))
+  return _STARTED[-1]
 
 
 def _log(tmp_path, name):
@@ -106,7 +123,7 @@ def _assert_same_state(got, want, what):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f'{what}: {path}')
 
 
-def _kill_after_checkpoint(proc, workdir, step, delay, timeout=300):
+def _kill_after_checkpoint(proc, workdir, step, delay, timeout=900):
   """SIGKILLs `proc` `delay` seconds after checkpoint `step` appeared. -> False when the run ended
   first."""
   d = os.path.join(workdir, 'checkpoints', str(step))
@@ -145,7 +162,7 @@ def test_killed_runs_resume_bit_identical(tmp_path):
       assert _kill_after_checkpoint(p, tmp_path / f'killed{i}', plan[2], plan[3]), (
           f'run {i} ended before its planned kill {plan}:\n{_log(tmp_path, f"killed{i}")[-2000:]}')
     else:
-      p.wait(timeout=300)
+      p.wait(timeout=900)
       assert p.returncode == -signal.SIGKILL, (
           f'{plan} was not hit (rc {p.returncode}):\n{_log(tmp_path, f"killed{i}")[-2000:]}')
       assert (tmp_path / f'killed{i}.mark').read_text() == plan[0]
@@ -155,13 +172,13 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     assert str(step) not in names, names
     assert any(n.startswith(f'{step}.') for n in names), names
   resumes = [_start(tmp_path, f'killed{i}') for i in range(len(plans))]
-  clean.wait(timeout=300)
+  clean.wait(timeout=900)  # the limits only catch a hang (a run takes 20-45 s)
   assert clean.returncode == 0, _log(tmp_path, 'clean')[-3000:]
   want, want_state = _outcome(tmp_path / 'clean'), _state(tmp_path / 'clean')
   assert want['steps'] == STEPS
   assert want_state[1]['data_index'] == STEPS * kv_retrieval.get_config(ARG).optim.batch_size
   for i, p in enumerate(resumes):
-    p.wait(timeout=300)
+    p.wait(timeout=900)
     out = _log(tmp_path, f'killed{i}')
     assert p.returncode == 0, f'resume after {plans[i]} failed:\n{out[-3000:]}'
     m = re.findall(r'steps (\d+)->', out)

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARG = 'tiny,max_steps=4,train.checkpoint_every=2,train.eval_every=2'
 
 
-def _train(workdir, devices=1, arg=ARG, extra=(), env_extra=None, timeout=300):
+def _train(workdir, devices=1, arg=ARG, extra=(), env_extra=None):
   env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
                                     f' --xla_force_host_platform_device_count={devices}'),
              JAX_PLATFORMS='cpu')
@@ -36,8 +36,14 @@ def _train(workdir, devices=1, arg=ARG, extra=(), env_extra=None, timeout=300):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(proc, timeout=300):
-  out, _ = proc.communicate(timeout=timeout)
+def _finish(proc, timeout=900):
+  # The limit only catches a hang (a tiny run takes 20-45 s on 2 loaded cores); a hung run is
+  # killed, so that it does not slow every later test down.
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out = proc.communicate()[0] + f'\n[killed after {timeout} s]'
   assert proc.returncode == 0, out[-4000:]
   return out
 
