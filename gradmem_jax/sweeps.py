@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any, Iterable, Optional, Sequence
 
 from gradmem_jax import config_lib
@@ -124,26 +125,42 @@ def is_finished(workdir: str) -> bool:
 
 
 def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
-  """Writes sweep.json. Variants of one sweep (same name, e.g. claims' `cpu_seed0` and `k1_seeds`)
-  may share a dir: the manifest keeps the points an earlier variant recorded there, so the report
-  still finds every finished point's overrides."""
+  """Writes sweep.json. Variants of one sweep (same name and base, e.g. claims' `cpu_seed0` and
+  `k1_seeds`) may share a dir: the manifest keeps the points of an earlier variant that have a
+  run directory there, so the report still finds their overrides. Points never started are not
+  kept (an edited sweep leaves no stale entries), nor is anything of another sweep or base. The
+  read-merge-write holds a lock, so two sweeps starting together both keep their points."""
+  import fcntl  # POSIX; imported here so that the module imports anywhere
   os.makedirs(sweep_dir, exist_ok=True)
-  points = [{'slug': slug(p), 'overrides': p} for p in sweep.points]
-  init_from = dict(sweep.init_from)
   path = os.path.join(sweep_dir, 'sweep.json')
-  if os.path.exists(path):
-    old = json.load(open(path))
-    if old.get('name') == sweep.name:
+  points = [{'slug': slug(p), 'overrides': p} for p in sweep.points]
+  init_from, description = dict(sweep.init_from), sweep.description
+  with open(os.path.join(sweep_dir, 'sweep.json.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    old = None
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          old = json.load(f)
+      except (OSError, ValueError) as e:
+        warnings.warn(f'{path} is unreadable ({e}); it is rewritten with this sweep\'s points only')
+    if old and old.get('name') == sweep.name and old.get('base') == sweep.base:
       new_slugs = {p['slug'] for p in points}
-      points = [p for p in old['points'] if p['slug'] not in new_slugs] + points
-      init_from = {**old.get('init_from', {}), **init_from}
-  manifest = {'name': sweep.name, 'description': sweep.description, 'config': config_spec,
-              'base': sweep.base, 'figures': list(sweep.figures), 'init_from': init_from,
-              'points': points}
-  tmp = os.path.join(sweep_dir, 'sweep.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(tmp, os.path.join(sweep_dir, 'sweep.json'))
+      kept = [p for p in old.get('points', []) if p['slug'] not in new_slugs
+              and os.path.isdir(os.path.join(sweep_dir, p['slug']))]
+      if kept:
+        points = kept + points
+        description += f' (and {len(kept)} points of other variants run in this dir)'
+      slugs = {p['slug'] for p in points}
+      init_from = {**{k: v for k, v in old.get('init_from', {}).items() if k in slugs},
+                   **init_from}
+    manifest = {'name': sweep.name, 'description': description, 'config': config_spec,
+                'base': sweep.base, 'figures': list(sweep.figures), 'init_from': init_from,
+                'points': points}
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(manifest, f, indent=2)
+    os.replace(tmp, path)
 
 
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,

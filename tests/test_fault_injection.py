@@ -26,11 +26,11 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from configs import kv_retrieval
 from gradmem_jax.training import abstract_state, build_experiment
 from gradmem_jax.training.checkpoint import Checkpointer
+from tests.subprocs import track
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
@@ -59,21 +59,6 @@ cli.run('configs/kv_retrieval.py')
 '''
 
 
-# Every run a test started; the `_reap` fixture kills those still alive when the test ends, so a
-# hung or abandoned run (a failed assertion, a wait that timed out) does not load the later tests.
-_STARTED: list = []
-
-
-@pytest.fixture(autouse=True)
-def _reap():
-  yield
-  while _STARTED:
-    p = _STARTED.pop()
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-
-
 def _start(tmp_path, name, env=None):
   """A run in a subprocess, its console in <name>.log (an unread pipe could fill and block it)."""
   launcher = tmp_path / 'launch.py'
@@ -85,8 +70,7 @@ def _start(tmp_path, name, env=None):
     if not env or k not in env:
       full.pop(k, None)
   log = open(tmp_path / f'{name}.log', 'a')
-  _STARTED.append(subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT))
-  return _STARTED[-1]
+  return track(subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT))
 
 
 def _log(tmp_path, name):

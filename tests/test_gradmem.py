@@ -354,12 +354,9 @@ def test_learned_inner_lr_gets_gradient_and_is_positive():
   assert np.all(np.abs(np.asarray(g['memory']['inner_lr'])) > 0)
 
 
-@pytest.mark.parametrize('scan', [False, True])
-def test_dropout_draws_fresh_mask_per_inner_step(scan):
-  # embedding dropout (outside the blocks) and residual dropout (inside them, so inside the scan)
+def test_dropout_draws_fresh_mask_per_inner_step():
   method, params = tiny_method(K=2, inner_lr=0.5, model=dict(
-      kind='gpt2', embd_dropout=0.5 * (not scan), attn_dropout=0.0, resid_dropout=0.5 * scan,
-      scan_layers=scan))
+      kind='gpt2', embd_dropout=0.5, attn_dropout=0.0, resid_dropout=0.0))
   batch = random_batch(b=2, s=6)
   key = jax.random.PRNGKey(3)
   s1, t1 = method.write(params, batch['context'], batch['context_mask'], rng=key,
@@ -419,13 +416,17 @@ def test_clipped_steps_are_exactly_the_clipped_gradient(x64):
   np.testing.assert_allclose(np.abs(delta[clipped]), lr * v, rtol=1e-10)
 
 
-@pytest.mark.parametrize('kind', ['embd_dropout', 'attn_dropout', 'resid_dropout'])
-def test_dropout_mask_is_fresh_at_each_inner_step(kind):
+@pytest.mark.parametrize('kind,scan', [('embd_dropout', False), ('attn_dropout', False),
+                                       ('resid_dropout', False),
+                                       # inside the blocks, so inside model.scan_layers' scan
+                                       ('attn_dropout', True), ('resid_dropout', True)])
+def test_dropout_mask_is_fresh_at_each_inner_step(kind, scan):
   # With inner_lr = 0 every step sees the same memory, so the WRITE losses of step 0 and step 1
   # differ only through dropout: equal with one reused mask, different with a fresh mask per step.
   rates = dict(embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
   rates[kind] = 0.5
-  method, params = tiny_method(K=2, inner_lr=0.0, model=dict(kind='gpt2', **rates))
+  method, params = tiny_method(K=2, inner_lr=0.0, model=dict(kind='gpt2', scan_layers=scan,
+                                                             **rates))
   batch = random_batch(b=3, s=6)
   write = jax.jit(lambda p, b, rng, det: method.write(p, b['context'], b['context_mask'], rng=rng,
                                                       deterministic=det)[1]['write_loss'],

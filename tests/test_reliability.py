@@ -182,6 +182,17 @@ def test_every_checkpoint_damaged_is_a_clear_error_not_a_fresh_start(saved_run, 
   assert not os.path.exists(workdir / 'checkpoints.damaged')
 
 
+def test_a_run_left_by_a_test_is_killed_when_the_test_ends():
+  # conftest's autouse _reap calls subprocs.reap after every test: a subprocess test that failed
+  # or timed out leaves no training run loading the cores of the tests after it.
+  import subprocess
+  import sys
+  from tests import subprocs
+  p = subprocs.track(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']))
+  subprocs.reap()
+  assert p.poll() is not None and not subprocs._STARTED
+
+
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
   ck = Checkpointer(str(tmp_path), 2)
   assert ck.restore_latest(_abstract(_state(0))) is None

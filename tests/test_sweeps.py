@@ -48,18 +48,32 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
 def test_variants_sharing_a_dir_keep_each_others_points_in_the_manifest(tmp_path):
   # claims' cpu_seed0 and k1_seeds write one dir: the second must not drop the first's points, or
   # the report loses their overrides (method, K) and with them their rows.
-  a = sweeps.Sweep('claims', [dict(K=1, seed=0), dict(K=2, seed=0)], base='tiny',
-                   init_from={'K=2,seed=0': 'K=1,seed=0'})
+  a = sweeps.Sweep('claims', [dict(K=1, seed=0), dict(K=2, seed=0), dict(K=5, seed=0)],
+                   base='tiny', init_from={'K=2,seed=0': 'K=1,seed=0', 'K=5,seed=0': 'K=2,seed=0'})
   b = sweeps.Sweep('claims', [dict(K=1, seed=1), dict(K=2, seed=0)], base='tiny')
-  sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', a)
-  sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', b)
-  m = json.load(open(tmp_path / 'sweep.json'))
+  write = lambda s: sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', s)
+  read = lambda: json.load(open(tmp_path / 'sweep.json'))
+  write(a)
+  for name in ('K=1,seed=0', 'K=2,seed=0'):  # K=5 never started: not kept
+    os.makedirs(tmp_path / name)
+  write(b)
+  m = read()
   assert [p['slug'] for p in m['points']] == ['K=1,seed=0', 'K=1,seed=1', 'K=2,seed=0']
   assert m['init_from'] == {'K=2,seed=0': 'K=1,seed=0'}
-  # Another sweep in the same dir replaces the manifest (nothing of the old one is claimed).
-  sweeps.write_manifest(str(tmp_path), 'configs/kv_retrieval.py', sweeps.Sweep('other', [dict(K=5)]))
-  m = json.load(open(tmp_path / 'sweep.json'))
+  assert m['description'].endswith('(and 1 points of other variants run in this dir)')
+  # Another base (the points' meaning changed) or another sweep replaces the manifest.
+  write(sweeps.Sweep('claims', [dict(K=1, seed=1)], base='tiny,max_steps=9'))
+  assert [p['slug'] for p in read()['points']] == ['K=1,seed=1']
+  write(b)
+  write(sweeps.Sweep('other', [dict(K=5)]))
+  m = read()
   assert [p['slug'] for p in m['points']] == ['K=5'] and m['init_from'] == {}
+  # An unreadable manifest is rewritten, with a warning (not a crash of every later start).
+  (tmp_path / 'sweep.json').write_text('{"name": "oth')
+  with pytest.warns(UserWarning, match='unreadable'):
+    write(b)
+  assert [p['slug'] for p in read()['points']] == ['K=1,seed=1', 'K=2,seed=0']
+  assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
 def test_dry_run_prints_one_command_per_point(tmp_path):
