@@ -14,7 +14,8 @@
 # Call 1 (carry .whl .sbs .data .gg1; about 7 minutes):
 #   BUDGET_S=420 KV_MINUTES=6 bash benchmarks/gpu_session.sh 1
 #   environment; the kit side by side with the authors' code on the GPU, alone on the machine
-#   (fp32 K=2 at N=16 and at N=64; K=5 at N=16 if time is left); then
+#   (KIT_ROWS, one row at a time while time is left; default: the rows not measured on a GPU
+#   yet, first order and inference first); then
 #   starts the two KV training curricula (paper model, N=4 -> 8 -> 16, GradMem K=2 and RMT x1,
 #   KV_MINUTES each) in their own sessions (setsid), which run on into call 2.
 # Call 2 (carry .whl .data .gg2), at once, with what the lease has left less about a minute:
@@ -109,21 +110,21 @@ if [ "$phase" = 1 ]; then
   python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch, transformers; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())" 2>&1 | tee "$OUT/env.txt"
   [ -f .gg1/a ] && cp .gg1/a "$W/gg_a" && log "GGUF part a staged"
 
-  # The kit, alone on the machine (fp32: the authors' KV runs; project at 'highest' precision):
-  # K=2 at 16 pairs, then at 64 pairs, one fresh process per side and row. --timeout: the
-  # project's benchmark did not finish in 90 s on an H100 (2026-11-27); its stderr now stamps
-  # each phase (build, compile, warm-up), and a timed-out row keeps that tail in kit.jsonl. The
-  # authors' Triton kernel row (0.130 s/step at N=16) was measured on 2026-11-27: not repeated.
+  # The kit, alone on the machine (fp32: the authors' KV runs; project at 'highest' precision),
+  # one row at a time in KIT_ROWS' order while more than KIT_ROW_S seconds (plus the KV runs'
+  # start) are left; one fresh process per side and row. --timeout: the project's benchmark did
+  # not finish in 90 s on an H100 (2026-11-27): 92 s, 64 of them compiling; its stderr stamps each
+  # phase, and a timed-out row keeps that tail in kit.jsonl. Measured already (H200, 2026-11-27):
+  # second order K=2 at N=16 (B=64) and N=64 (B=16), and the authors' Triton kernel row. The
+  # default is the issue's rows not yet measured on a GPU, the cheap ones first.
   export REF_PYTHON=python3 REF_REPO=.sbs/bench-ref/reference PROJECT_DIR=. PROJECT_PYTHON=python3
   R="python3 .sbs/bench-ref/run.py --device=cuda --timeout=200 --steps=10"
-  log "kit: fp32 eager, K=2 at N=16 (B=64) and N=64 (B=16)"
-  timeout "$(tmo 60)" $R --configs=train_second_K2_N16_B64,train_second_K2_N64_B16 \
-    --out="$OUT/kit.jsonl" > "$OUT/kit.md" 2> "$OUT/kit.err"
-  if [ "$(left)" -gt 200 ]; then
-    log "kit: fp32 eager, K=5 at N=16 (B=64)"
-    timeout "$(tmo 60)" $R --configs=train_second_K5_N16_B64 \
-      --out="$OUT/kit.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
-  fi
+  KIT_ROWS=${KIT_ROWS:-train_first_K2_N16_B64,infer_K2_N16_B64,train_second_K1_N16_B64,train_second_K5_N16_B64,train_second_K5_N64_B16,train_second_K2_N64_B64}
+  for row in ${KIT_ROWS//,/ }; do
+    if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for $row"; continue; fi
+    log "kit: fp32 eager, $row"
+    timeout "$(tmo 60)" $R --configs="$row" --out="$OUT/kit.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
+  done
   python3 .sbs/bench-ref/run.py --table_from="$OUT/kit.jsonl" > "$OUT/kit_table.md" 2>&1
   cat "$OUT/kit_table.md"
 
