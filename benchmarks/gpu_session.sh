@@ -21,7 +21,10 @@
 # Call 2 (carry .whl .data .gg2), at once, with what the lease has left less about a minute:
 #   BUDGET_S=<seconds> bash benchmarks/gpu_session.sh 2
 #   joins the GGUF, meta-trains GradMem on SmolLM2-135M on bAbI QA1 beside the KV runs (and starts
-#   those itself if it landed on a fresh machine), and returns every run's metrics.
+#   those itself if it landed on a fresh machine), then, with SMOLLM2_BASELINE_MINUTES=<m>, trains
+#   its like-for-like full-context baseline (not run yet), and returns every run's metrics.
+#   With the baseline, BUDGET_S must leave the GradMem run its minutes: it takes all but 100 s
+#   of what is left when it starts unless SMOLLM2_MINUTES caps it.
 # Everything lands in $OUT (default ./gpu_out): at most 8 files per call.
 #
 # Results of 2026-11-27 (H100; the kit's N=16 project row timed out at 90 s, the KV runs started
@@ -163,7 +166,7 @@ if [ "$have_gguf" = 1 ]; then
   # batch 64) with a schedule for minutes: lr 1e-3 after 50 warmup steps (the preset: 1e-4 after
   # 10k, for 100k steps). The preset pads to one context shape (data.bucket=0): with buckets the
   # run made 3 steps in about 6 minutes on an H100 (2026-11-27).
-  minutes=$(python3 -c "print(round(($(left) - 100) / 60, 2))")
+  minutes=$(python3 -c "print(round(min(${SMOLLM2_MINUTES:-1e9}, ($(left) - 100) / 60), 2))")
   log "SmolLM2 QA1 for $minutes min"
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo 25)" python3 -m experiments.babi \
     --config=configs/babi.py:smollm2,qa1,lr=1e-3 --config.optim.warmup_steps=50 \
@@ -173,9 +176,29 @@ if [ "$have_gguf" = 1 ]; then
   log "SmolLM2 rc=$?"
   grep -E "eval step|^\| (best|final|steps)" "$W/smollm2_qa1.log" | tail -n 30
 fi
+if [ "$have_gguf" = 1 ] && [ "${SMOLLM2_BASELINE_MINUTES:-0}" != 0 ]; then
+  # The like-for-like baseline of the curve above: the same questions, template, target and
+  # evaluator, the story in the context, trained for SMOLLM2_BASELINE_MINUTES. The whole backbone
+  # trains (LoRA here is write-only, so memory.lora_rank=0 with full context), at lr 1e-4 (full
+  # fine-tuning; GradMem's 1e-3 trains only LoRA, M0 and the projection). Untrained it scores
+  # 0.0% EM (benchmarks/results/smollm2_qa1_full_context_zero_shot/). Give GradMem's run its
+  # minutes first: the baseline gets what is left up to SMOLLM2_BASELINE_MINUTES.
+  minutes=$(python3 -c "print(round(min(${SMOLLM2_BASELINE_MINUTES}, ($(left) - 60) / 60), 2))")
+  if python3 -c "import sys; sys.exit(not $minutes >= 1)"; then
+  log "SmolLM2 QA1 full-context baseline for $minutes min"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo 15)" python3 -m experiments.babi \
+    --config=configs/babi.py:smollm2,qa1,full_context,memory.lora_rank=0,memory.freeze_backbone=False,lr=1e-4 \
+    --config.optim.warmup_steps=50 \
+    --config.model.pretrained="$W/smollm2.gguf" --config.data.babi_dir="$PWD/.data/babi" \
+    --config.data.n_val=500 --config.train.eval_every=150 --config.train.checkpoint_every=100000 \
+    --config.train.max_minutes="$minutes" --workdir="$W/smollm2_qa1_fc" > "$W/smollm2_qa1_fc.log" 2>&1
+  log "SmolLM2 baseline rc=$?"
+  grep -E "eval step|^\| (best|final|steps)" "$W/smollm2_qa1_fc.log" | tail -n 20
+  else log "SmolLM2 baseline: $minutes min left is too little (loading and compiling take ~3.5)"; fi
+fi
 while kv_running && [ "$(left)" -gt 20 ]; do sleep 5; done
 grep -hE "eval step" "$W"/kv_*.log | tail -n 20
 tail -n 3 "$W"/kv_*.log
 pack kv.tgz $(kv_names)
-pack smollm2.tgz smollm2_qa1 smollm2_qa1.log
+pack smollm2.tgz smollm2_qa1 smollm2_qa1.log smollm2_qa1_fc smollm2_qa1_fc.log
 log done
