@@ -55,6 +55,7 @@ import pytest
 from gradmem_jax.memory import MemoryConfig, build_method
 from gradmem_jax.models import backbone_from_config
 
+
 @pytest.fixture(autouse=True)
 def _reap():
   """Kills the subprocesses a test started with tests.subprocs.track that are still alive when it
