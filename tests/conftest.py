@@ -65,6 +65,18 @@ def _reap():
   subprocs.reap()
 
 
+def forbid_random_init(monkeypatch):
+  """Makes the runner's random initialisation an error: parameters that come from elsewhere (a
+  pretrained backbone, init_from) are not first drawn at random and thrown away (for SmolLM2's 30
+  layers that init program took 53 s to compile on 2 CPU cores)."""
+  from gradmem_jax.training import train as train_module
+
+  def boom(*a, **k):
+    raise AssertionError('init_state (random parameters) called although they are loaded')
+
+  monkeypatch.setattr(train_module, 'init_state', boom)
+
+
 TINY_LLAMA = dict(kind='llama', vocab_size=23, hidden_size=16, intermediate_size=32, num_layers=2,
                   num_heads=2, num_kv_heads=1, max_positions=64)
 TINY_GPT2 = dict(kind='gpt2', vocab_size=23, hidden_size=16, intermediate_size=32, num_layers=2,

@@ -20,6 +20,7 @@ from gradmem_jax.data.squad import (SquadTask, SquadTaskConfig, answer_sentences
                                     f1_score, load_squad, normalize_answer, sentence_spans)
 from gradmem_jax.data.text import ByteTokenizer, HFTokenizer, make_tokenizer
 from gradmem_jax.training import build_experiment, train_and_evaluate
+from tests.conftest import forbid_random_init
 
 PEOPLE = ['Ada', 'Bela', 'Cyril', 'Dora', 'Emil', 'Fay', 'Gus', 'Hana']
 CITIES = ['Paris', 'Lima', 'Oslo', 'Kyoto', 'Quito', 'Perth', 'Accra', 'Riga']
@@ -430,11 +431,8 @@ def test_start_from_a_hugging_face_checkpoint(tmp_path, squad_file, monkeypatch)
   wte = model.transformer.wte.weight.detach().numpy()
   np.testing.assert_allclose(np.asarray(params['backbone']['wte']['embedding']), wte, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(params['memory']['write_head']), wte.T, rtol=1e-6)
-  # The run starts from the checkpoint's weights without first drawing random ones to throw
-  # away (a 30-layer init program took 53 s to compile for SmolLM2 on 2 CPU cores).
-  from gradmem_jax.training import train as train_module
-  monkeypatch.setattr(train_module, 'init_state', lambda *a, **k: pytest.fail(
-      'init_state (random parameters) called although the backbone is pretrained'))
+  # The run starts from the checkpoint's weights without first drawing random ones to throw away.
+  forbid_random_init(monkeypatch)
   results = train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['steps'] == 4 and np.isfinite(results['final']['target_loss'])
   bad = _tiny(squad_file, 'gpt2', model=())

@@ -16,6 +16,7 @@ from gradmem_jax.training import build_experiment, train_and_evaluate
 from gradmem_jax.training import evaluate as evaluate_lib
 from gradmem_jax.training.checkpoint import load_params
 from gradmem_jax.training import abstract_state
+from tests.conftest import forbid_random_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,24 +62,13 @@ def test_max_steps_zero_evaluates_the_initial_parameters(tmp_path):
   assert init['checkpoint_step'] == 0 and init['em'] == results['final']['em']
 
 
-def _no_random_init(monkeypatch):
-  """Parameters that come from elsewhere are not first drawn at random and thrown away (for a
-  30-layer pretrained backbone that init program took 53 s to compile on 2 CPU cores)."""
-  from gradmem_jax.training import train as train_module
-
-  def boom(*a, **k):
-    raise AssertionError('init_state (random parameters) called although they are loaded')
-
-  monkeypatch.setattr(train_module, 'init_state', boom)
-
-
 def test_init_from_copies_parameters(tmp_path, monkeypatch):
   src = tmp_path / 'src'
   config = kv_retrieval.get_config('tiny')
   train_and_evaluate(config, str(src))
   config2 = kv_retrieval.get_config('tiny,max_steps=0,n_pairs=3')
   config2.train.init_from = str(src)
-  _no_random_init(monkeypatch)
+  forbid_random_init(monkeypatch)
   out = train_and_evaluate(config2, str(tmp_path / 'dst'))
   assert out['steps'] == 0
   abstract, _ = abstract_state(build_experiment(config))
@@ -103,7 +93,7 @@ def test_init_from_part_backbone_takes_only_the_backbone(tmp_path, monkeypatch, 
   config.train.init_from = str(src / where) if where else str(src)
   config.train.init_from_part = 'backbone'
   with monkeypatch.context() as m:
-    _no_random_init(m)
+    forbid_random_init(m)
     assert train_and_evaluate(config, str(tmp_path / 'dst'))['steps'] == 0
   fresh = tmp_path / 'fresh'
   train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=0'), str(fresh))
