@@ -161,20 +161,26 @@ if ! kv_running; then
   fi
 fi
 
-if [ "$have_gguf" = 1 ]; then
-  # The smollm2 preset (frozen backbone, write-only LoRA, M0, projection, K=1, inner Adam, bf16,
-  # batch 64) with a schedule for minutes: lr 1e-3 after 50 warmup steps (the preset: 1e-4 after
-  # 10k, for 100k steps). The preset pads to one context shape (data.bucket=0): with buckets the
-  # run made 3 steps in about 6 minutes on an H100 (2026-11-27).
-  minutes=$(python3 -c "print(round(min(${SMOLLM2_MINUTES:-1e9}, ($(left) - 100) / 60), 2))")
-  log "SmolLM2 QA1 for $minutes min"
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo 25)" python3 -m experiments.babi \
-    --config=configs/babi.py:smollm2,qa1,lr=1e-3 --config.optim.warmup_steps=50 \
+smollm2_qa1() {  # $1: run name; $2: presets after smollm2,qa1; $3: minutes; $4: seconds to keep
+  # One SmolLM2 run on bAbI QA1 with the schedule for minutes (50 warmup steps) and 500
+  # validation questions every 150 steps, the same for GradMem and its baseline.
+  log "SmolLM2 QA1, $1, for $3 min"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo "$4")" python3 -m experiments.babi \
+    --config="configs/babi.py:smollm2,qa1,$2" --config.optim.warmup_steps=50 \
     --config.model.pretrained="$W/smollm2.gguf" --config.data.babi_dir="$PWD/.data/babi" \
     --config.data.n_val=500 --config.train.eval_every=150 --config.train.checkpoint_every=100000 \
-    --config.train.max_minutes="$minutes" --workdir="$W/smollm2_qa1" > "$W/smollm2_qa1.log" 2>&1
-  log "SmolLM2 rc=$?"
-  grep -E "eval step|^\| (best|final|steps)" "$W/smollm2_qa1.log" | tail -n 30
+    --config.train.max_minutes="$3" --workdir="$W/$1" > "$W/$1.log" 2>&1
+  log "SmolLM2 $1 rc=$?"
+  grep -E "eval step|^\| (best|final|steps)" "$W/$1.log" | tail -n 30
+}
+
+if [ "$have_gguf" = 1 ]; then
+  # The smollm2 preset (frozen backbone, write-only LoRA, M0, projection, K=1, inner Adam, bf16,
+  # batch 64) at lr 1e-3 (the preset: 1e-4 after 10k warmup steps, for 100k steps). The preset
+  # pads to one context shape (data.bucket=0): with buckets the run made 3 steps in about 6
+  # minutes on an H100 (2026-11-27).
+  smollm2_qa1 smollm2_qa1 lr=1e-3 \
+    "$(python3 -c "print(round(min(${SMOLLM2_MINUTES:-1e9}, ($(left) - 100) / 60), 2))")" 25
 fi
 if [ "$have_gguf" = 1 ] && [ "${SMOLLM2_BASELINE_MINUTES:-0}" != 0 ]; then
   # The like-for-like baseline of the curve above: the same questions, template, target and
@@ -185,15 +191,8 @@ if [ "$have_gguf" = 1 ] && [ "${SMOLLM2_BASELINE_MINUTES:-0}" != 0 ]; then
   # minutes first: the baseline gets what is left up to SMOLLM2_BASELINE_MINUTES.
   minutes=$(python3 -c "print(round(min(${SMOLLM2_BASELINE_MINUTES}, ($(left) - 60) / 60), 2))")
   if python3 -c "import sys; sys.exit(not $minutes >= 1)"; then
-  log "SmolLM2 QA1 full-context baseline for $minutes min"
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo 15)" python3 -m experiments.babi \
-    --config=configs/babi.py:smollm2,qa1,full_context,memory.lora_rank=0,memory.freeze_backbone=False,lr=1e-4 \
-    --config.optim.warmup_steps=50 \
-    --config.model.pretrained="$W/smollm2.gguf" --config.data.babi_dir="$PWD/.data/babi" \
-    --config.data.n_val=500 --config.train.eval_every=150 --config.train.checkpoint_every=100000 \
-    --config.train.max_minutes="$minutes" --workdir="$W/smollm2_qa1_fc" > "$W/smollm2_qa1_fc.log" 2>&1
-  log "SmolLM2 baseline rc=$?"
-  grep -E "eval step|^\| (best|final|steps)" "$W/smollm2_qa1_fc.log" | tail -n 20
+    smollm2_qa1 smollm2_qa1_fc \
+      full_context,memory.lora_rank=0,memory.freeze_backbone=False,lr=1e-4 "$minutes" 15
   else log "SmolLM2 baseline: $minutes min left is too little (loading and compiling take ~3.5)"; fi
 fi
 while kv_running && [ "$(left)" -gt 20 ]; do sleep 5; done
