@@ -5,6 +5,7 @@ numbers, and the EM-vs-N figure (gradmem_jax/claims.py says how a claim is judge
       --K_eval=1,2,5,8
   python -m experiments.claims --sweep_dir=runs/claims_cpu [--out=benchmarks/results/claims_cpu]
   python -m experiments.claims --sweep_dir=runs/claims_tune --tuning   # the grid and TUNED
+  python -m experiments.claims --sweep_dir=runs/claims_cpu,runs/claims_equal_budget   # overlay
 
 Unfinished points are left out (each cell says how many seeds it has), so it can be rerun while a
 sweep is still going.
@@ -17,7 +18,9 @@ from absl import app, flags
 
 from gradmem_jax import claims, sweeps
 
-_SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'Claims sweep directory.', required=True)
+_SWEEP_DIR = flags.DEFINE_string(
+    'sweep_dir', None, 'Claims sweep directory, or several, comma-separated: a run of a later '
+    'directory replaces the earlier ones\' runs of the same method, N and seed.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep directory).')
 _TITLE = flags.DEFINE_string('title', 'KV claims', 'Report title.')
 _TUNING = flags.DEFINE_bool('tuning', False, 'The sweep is the fairness grid (claims.py:tune): '
@@ -27,9 +30,17 @@ _TUNING = flags.DEFINE_bool('tuning', False, 'The sweep is the fairness grid (cl
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  runs = sweeps.collect_finished(_SWEEP_DIR.value)
+  dirs = [d for d in _SWEEP_DIR.value.split(',') if d]
+  if _TUNING.value and len(dirs) != 1:
+    raise app.UsageError(f'--tuning takes one --sweep_dir, got {len(dirs)}: {dirs}')
+  for d in dirs:
+    if not os.path.isdir(d):
+      raise app.UsageError(f'--sweep_dir: {d!r} is not a directory')
+  # The first directory must have finished runs; a later one may not have any yet.
+  runs = claims.overlay([sweeps.collect_finished(dirs[0])]
+                        + [sweeps.collect(d) for d in dirs[1:]])
   if _TUNING.value:
-    out_dir = _OUT.value or _SWEEP_DIR.value
+    out_dir = _OUT.value or dirs[0]
     os.makedirs(out_dir, exist_ok=True)
     table, tuned = claims.tuning_report(runs)
     md = f'# {_TITLE.value}: fairness grid\n\n{table}\nTUNED = {tuned!r}\n'
@@ -37,7 +48,7 @@ def main(argv):
       f.write(md)
     print(md)
     return
-  out = claims.make_claims_report(runs, _OUT.value or _SWEEP_DIR.value, title=_TITLE.value)
+  out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value)
   print(out['markdown'])
   print('wrote ' + ', '.join(out['files']))
 

@@ -193,6 +193,17 @@ def plot_em_vs_n(cs, path: str) -> bool:
   return True
 
 
+def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
+  """The runs of several sweeps as one set: a run of a later list replaces the earlier lists' runs
+  of the same method label, N and seed (e.g. a longer-budget rerun of some points); every other
+  run is kept. A run without a seed counts as seed 0."""
+  keyed: 'OrderedDict[tuple, dict]' = OrderedDict()
+  for runs in run_lists:
+    for r in runs:
+      keyed[(label(r), r.get('n_pairs'), r.get('seed', 0))] = r
+  return list(keyed.values())
+
+
 def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims') -> dict:
   """claims.md, claims.csv and em_vs_n.png in out_dir; returns {'markdown', 'files', 'cells'}."""
   os.makedirs(out_dir, exist_ok=True)

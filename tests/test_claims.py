@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from configs.sweeps import claims as claims_cfg
 from gradmem_jax import claims, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,22 @@ def test_report_files_table_and_claims(tmp_path):
   assert rows[0].startswith('method,n_pairs,em_mean') and len(rows) == 1 + len(out['cells'])
 
 
+def test_overlay_replaces_only_the_same_method_n_and_seed():
+  base = _runs()
+  longer = [_run('gradmem', 1, 2, 1, 0.99), _run('gradmem', 1, 2, 7, 0.5)]
+  longer[0]['steps'] = 12000
+  runs = claims.overlay([base, longer])
+  assert len(runs) == len(base) + 1  # seed 1 at N=2 replaced; seed 7 is new
+  g2 = [r for r in runs if claims.label(r) == 'GradMem K=1' and r['n_pairs'] == 2]
+  assert sorted((r['seed'], r['best']['em']) for r in g2) == [(0, 0.90), (1, 0.99), (2, 0.91),
+                                                              (7, 0.5)]
+  # Nothing else moved: first order at the same N and seed, and N=4 at seed 1, are the base's.
+  kept = [r for r in runs if r not in longer]
+  assert kept == [r for r in base if not (claims.label(r) == 'GradMem K=1'
+                                          and r['n_pairs'] == 2 and r['seed'] == 1)]
+  assert claims.cells(runs)[('GradMem K=1', 2)]['steps'] == (1000 * 2 + 12000 + 1000) / 4
+
+
 def test_claims_sweep_curriculum_in_n():
   s = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:cpu_seed0'))
   assert len(s.points) == 8 * 3  # 8 method settings x N in {2, 4, 8}, seed 0
@@ -116,6 +133,18 @@ def test_claims_sweep_curriculum_in_n():
     else:
       assert sweeps.slug(p) not in tune.init_from
   sweeps.validate_points('configs/kv_retrieval.py', tune)
+  # GradMem K=1 at RMT's step budget, its own sweep (the report overlays it on `cpu`).
+  eb = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:equal_budget'))
+  assert [(p['seed'], p['n_pairs']) for p in eb.points] == [(1, 2), (1, 4), (2, 2), (2, 4),
+                                                             (0, 2), (0, 4)]
+  for p in eb.points:
+    assert (p['method'], p['K'], p.get('grad_mode', 'second')) == ('gradmem', 1, 'second')
+    assert p['max_steps'] == claims_cfg.TUNED['rmt']['max_steps'] == 12000
+    assert {k: p[k] for k in ('inner_lr', 'lr')} == claims_cfg.TUNED['gradmem']
+    if p['n_pairs'] == 4:
+      assert eb.init_from[sweeps.slug(p)] == sweeps.slug(dict(p, n_pairs=2))
+  assert eb.base == full.base and eb.name != full.name
+  sweeps.validate_points('configs/kv_retrieval.py', eb)
   depth = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:depth'))
   assert [(p['method'], p['n_pairs']) for p in depth.points] == [
       ('gradmem', 2), ('gradmem', 4), ('rmt', 2), ('rmt', 4)]
@@ -161,6 +190,19 @@ def test_claims_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert '## Claims' in out.stdout and (sd / 'claims.md').exists()
+  # Two sweep dirs: the second's run replaces the first's GradMem K=1, N=2, seed 0.
+  sd2 = tmp_path / 'sd2'
+  os.makedirs(sd2 / 'long')
+  with open(sd2 / 'long' / 'results.json', 'w') as f:
+    json.dump(dict(_run('gradmem', 1, 2, 0, 0.30), steps=12000), f)
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd2}',
+                        f'--out={tmp_path / "both"}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert '| GradMem K=1 | 71.0 ± 29.0 (3 seeds, 4667 steps' in out.stdout
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd}/nope'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0 and 'nope' in out.stderr and 'is not a directory' in out.stderr
 
 
 def test_test_time_write_scoring_by_hand():

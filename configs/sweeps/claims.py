@@ -21,6 +21,12 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              over seeds for the two claims the CPU can afford three seeds of (about an hour per
              seed). The same points, names and curriculum sources as `cpu`, so a later `cpu` run
              in the same sweep dir skips them.
+  equal_budget  GradMem K=1 (second order) at RMT's step budget (12,000 steps, not 4,000),
+             seeds 1, 2, 0 (in that order), N in {2, 4}: `cpu`'s GradMem seeds 1-2 were still
+             rising at 4,000 steps (a plateau near 30% EM that each seed leaves at a different
+             step). Its own sweep dir; `experiments.claims
+             --sweep_dir=runs/claims_cpu,runs/claims_equal_budget` puts these runs in place of
+             `cpu`'s GradMem K=1 points (same label, N and seed).
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
@@ -126,6 +132,10 @@ def get_sweep(arg=None):
     return _claims('claims_cpu', [2, 4], [1, 2], cpu_base,
                    'KV claims 1 and 3 at CPU scale, seeds 1-2, N in {2, 4}',
                    methods=[m for m in METHODS if m['K'] == 1])
+  if variant == 'equal_budget':
+    return _claims('claims_equal_budget', [2, 4], [1, 2, 0], cpu_base,
+                   'GradMem K=1 at RMT\'s 12,000-step budget, seeds 0-2, N in {2, 4}',
+                   methods=[dict(METHODS[0], max_steps=TUNED['rmt']['max_steps'])])
   if variant == 'depth':
     return _claims('claims_depth', [2, 4], [0],
                    'model.num_layers=4,max_steps=8000,train.eval_every=500,train.target_em=0.99',
@@ -134,5 +144,4 @@ def get_sweep(arg=None):
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
   raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
-                   'depth, '
-                   'paper')
+                   'equal_budget, depth, paper')
