@@ -268,7 +268,8 @@ def run():
 
   @jax.jit
   def step(carry, ctx_embeds, ctx, mask, k, lr):
-    return method.inner_step(params, ctx_embeds, ctx, mask, None, True, 'none', carry, (k, lr))
+    return method.inner_step(params, ctx_embeds, ctx, mask, None, True, 'none', carry, (k, lr),
+                             loss_grad=False)
 
   @jax.jit
   def read(fast, qa):

@@ -241,10 +241,11 @@ def _grad_norms(method, params, batch, **kw):
   return (float(jnp.linalg.norm(mem['mem_init'])), float(jnp.linalg.norm(mem['write_head'])), g)
 
 
-def _reference_loss(method, params, batch, lr, modes):
+def _reference_loss(method, params, batch, lr, modes, inner_loss_weight=0.0):
   """The READ loss after a WRITE written out step by step in Python: SGD on the sum of the
   per-sample WRITE losses, with stop_gradient where each step's mode says ('first': the step's
-  gradient is a constant; 'none': the whole memory is a constant from that step on)."""
+  gradient is a constant; 'none': the whole memory is a constant from that step on); plus
+  inner_loss_weight x the mean WRITE loss at the last step's memory, with its full gradient."""
   sg = jax.lax.stop_gradient
   ctx, mask = batch['context'], batch['context_mask']
   emb = method.backbone.embed(params['backbone'], ctx[:, :-1])
@@ -252,8 +253,10 @@ def _reference_loss(method, params, batch, lr, modes):
                          (ctx.shape[0],) + params['memory']['mem_init'].shape)
   if modes and all(m == 'none' for m in modes):
     mem = sg(mem)
+  last_loss = 0.0
   for mode in modes:
     inner = lambda mm: jnp.sum(method.write_loss(params, {'memory': mm}, emb, ctx, mask))
+    last_loss = inner(mem) / ctx.shape[0]
     g = jax.grad(inner)(mem)
     if mode != 'second':
       g = sg(g)
@@ -262,7 +265,7 @@ def _reference_loss(method, params, batch, lr, modes):
       mem = sg(mem)
   logits = method.read_logits(params, {'memory': mem}, batch['qa'])
   s = losses.read_metrics(logits, batch['qa'], batch['target_mask'])
-  return s['ce_sum'] / s['n_target']
+  return s['ce_sum'] / s['n_target'] + inner_loss_weight * last_loss
 
 
 def test_grad_modes(x64):
@@ -300,6 +303,49 @@ def test_grad_modes(x64):
     for b in ref:
       if a != b:
         assert max(float(jnp.abs(x - y).max()) for x, y in zip(leaves[a], leaves[b])) > 1e-6
+
+
+def test_grad_modes_with_the_write_loss_term(x64):
+  # The objective's WRITE-loss term (memory.inner_loss_weight) keeps its full gradient in every
+  # mode: first-order steps before the last run on stopped inputs, the last one on live inputs
+  # (GradMem.inner_step). Against the reference above, float64, K=3 (two earlier steps).
+  batch = random_batch(b=3, s=6)
+  base, params = tiny_method('float64', model=dict(num_layers=1), K=3, inner_lr=0.5)
+  for modes, kw in [(('first',) * 3, dict(grad_mode='first')),
+                    (('none',) * 3, dict(grad_mode='none')),
+                    (('first', 'first', 'second'), dict(last_k_second_order=1)),
+                    (('second',) * 3, {})]:
+    ref = jax.jit(jax.grad(lambda p: _reference_loss(base, p, batch, 0.5, modes, 0.5)))(params)
+    no_term = jax.jit(jax.grad(lambda p: _reference_loss(base, p, batch, 0.5, modes)))(params)
+    assert float(jnp.abs(ref['memory']['write_head'] - no_term['memory']['write_head']).max()) > 1e-6
+    _, _, g = _grad_norms(_with(base, **kw), params, batch, inner_loss_weight=0.5)
+    _allclose(g, ref, atol=1e-12, rtol=1e-10)
+
+
+def _flops(f, *args):
+  return float(jax.jit(f).lower(*args).compile().cost_analysis()['flops'])
+
+
+def test_an_earlier_first_order_step_costs_what_an_evaluation_step_costs():
+  # A first-order step before the last one is a forward and an inner backward, nothing of the
+  # outer gradient: its cost (XLA's FLOP count, K=3 minus K=2) equals an evaluation step's.
+  # (Computed from live inputs and cut afterwards, it cost 1.9x as much: 384 against 237 GFLOP
+  # for the K=5 first-order KV training step.)
+  batch = random_batch(b=4, s=24)
+  method, params = tiny_method(K=2, inner_lr=0.5, grad_mode='first')
+  n_t, n_s = jnp.sum(batch['target_mask']), batch['context'].shape[0]
+
+  def train(K):
+    loss = lambda p: outer_loss(method, p, batch, rng=None, train=True, n_target=n_t,
+                                n_samples=n_s, inner_loss_weight=0.5, K=K)[0]
+    return _flops(jax.grad(loss), params)
+
+  def evaluate(K):
+    return _flops(lambda p: forward(method, p, batch, K=K)[0], params)
+
+  extra_train, extra_eval = train(3) - train(2), evaluate(3) - evaluate(2)
+  assert extra_eval > 0
+  assert abs(extra_train / extra_eval - 1) < 0.05, (extra_train, extra_eval)
 
 
 def test_first_order_inner_loss_term_trains_write_head():

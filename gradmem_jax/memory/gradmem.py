@@ -148,25 +148,40 @@ class GradMem(PrefixMemory):
     return fast
 
   def inner_step(self, params: Params, ctx_embeds: Array, context: Array, context_mask: Array,
-                  rng: Optional[Array], deterministic: bool, mode: str, carry, xs):
+                  rng: Optional[Array], deterministic: bool, mode: str, carry, xs,
+                  loss_grad: bool = True):
     """One inner step (the body of WRITE's scan; public so that a caller can walk the WRITE one
     step at a time, e.g. to read the memory after every K of one trajectory).
 
     `params` are WRITE's (`write_params`), ctx_embeds the embeddings of context[:, :-1]; mode is
     'second', 'first' or 'none' (see `MemoryConfig.grad_mode`). carry = (fast, adam_state) with
     adam_state () for SGD; xs = (step index k, step size lr). Returns (carry, (loss [B], grad
-    norm [B])) with the loss at the memory before the step."""
+    norm [B])) with the loss at the memory before the step.
+
+    In modes 'first' and 'none' the step's gradient is a constant of the outer loss. Without
+    loss_grad it is computed from stopped inputs, so no outer tangent enters the step and its
+    loss is a statistic: the WRITE's earlier steps. (Computed from the live inputs and cut
+    afterwards, XLA kept much of that dead work: the K=5 first-order KV training step did 384
+    instead of 237 GFLOP.) With loss_grad (the WRITE's last step, whose loss the objective
+    weighs by memory.inner_loss_weight) it is computed from the live inputs and cut afterwards:
+    the loss keeps its outer gradient from the same forward."""
     cfg = self.cfg
     fast, opt = carry
     k, lr = xs
     step_rng = None if rng is None else jax.random.fold_in(rng, k)
 
-    def total_loss(f):
-      per_sample = self.write_loss(params, f, ctx_embeds, context, context_mask, rng=step_rng,
-                                   deterministic=deterministic)
-      return jnp.sum(per_sample), per_sample  # sum: each sample's gradient is its own
+    def total_loss_at(p, emb):
+      def total_loss(f):
+        per_sample = self.write_loss(p, f, emb, context, context_mask, rng=step_rng,
+                                     deterministic=deterministic)
+        return jnp.sum(per_sample), per_sample  # sum: each sample's gradient is its own
+      return total_loss
 
-    (_, loss), grad = jax.value_and_grad(total_loss, has_aux=True)(fast)
+    if mode == 'second' or loss_grad:
+      (_, loss), grad = jax.value_and_grad(total_loss_at(params, ctx_embeds), has_aux=True)(fast)
+    else:
+      (_, loss), grad = jax.value_and_grad(total_loss_at(_sg(params), _sg(ctx_embeds)),
+                                           has_aux=True)(_sg(fast))
     gnorm = ops.safe_sqrt(ops.tree_sq_norm_per_sample(grad))
     if mode != 'second':
       grad = _sg(grad)
@@ -259,11 +274,13 @@ class GradMem(PrefixMemory):
     use_remat, policy = common.get_remat_policy(cfg.inner_remat, 'memory.inner_remat')
     step_losses, step_norms = [], []
     start = 0
-    # Consecutive steps of the same gradient mode form one scan (static split).
-    for mode, group in _runs(modes):
+    # Consecutive steps of the same gradient mode form one scan (static split). A last step in
+    # mode 'first' or 'none' runs on its own: only its loss keeps an outer gradient (see
+    # inner_step).
+    for mode, group, loss_grad in _groups(modes):
       n = len(group)
       body = functools.partial(self.inner_step, params, ctx_embeds, context, context_mask, rng,
-                               deterministic, mode)
+                               deterministic, mode, loss_grad=loss_grad)
       if use_remat:
         body = jax.checkpoint(body, policy=policy, prevent_cse=False)
       xs = (jnp.arange(start, start + n), lrs[start:start + n])
@@ -280,11 +297,16 @@ class GradMem(PrefixMemory):
     return fast, stats
 
 
-def _runs(modes):
+def _groups(modes):
+  """[(mode, step indices, loss_grad)]: runs of consecutive steps of one mode; a last step in
+  mode 'first' or 'none' is a group of its own, the only one with loss_grad off-second-order."""
   out = []
   for i, m in enumerate(modes):
     if out and out[-1][0] == m:
       out[-1][1].append(i)
     else:
       out.append((m, [i]))
-  return out
+  if out and out[-1][0] != 'second' and len(out[-1][1]) > 1:
+    m, idx = out.pop()
+    out += [(m, idx[:-1]), (m, idx[-1:])]
+  return [(m, idx, m == 'second' or j == len(out) - 1) for j, (m, idx) in enumerate(out)]
