@@ -5,7 +5,8 @@ numbers, and the EM-vs-N figure (gradmem_jax/claims.py says how a claim is judge
       --K_eval=1,2,5,8
   python -m experiments.claims --sweep_dir=runs/claims_cpu [--out=benchmarks/results/claims_cpu]
   python -m experiments.claims --sweep_dir=runs/claims_tune --tuning   # the grid and TUNED
-  python -m experiments.claims --sweep_dir=runs/claims_cpu,runs/claims_equal_budget   # overlay
+  python -m experiments.claims --sweep_dir=runs/claims_cpu,runs/claims_equal_budget \
+      --out=benchmarks/results/claims_equal_budget   # overlay: the later dir's runs replace
 
 Unfinished points are left out (each cell says how many seeds it has), so it can be rerun while a
 sweep is still going.
@@ -33,12 +34,16 @@ def main(argv):
   dirs = [d for d in _SWEEP_DIR.value.split(',') if d]
   if _TUNING.value and len(dirs) != 1:
     raise app.UsageError(f'--tuning takes one --sweep_dir, got {len(dirs)}: {dirs}')
+  if len(dirs) > 1 and not _OUT.value:
+    raise app.UsageError('--out is required with several --sweep_dir (the report mixes their '
+                         'runs, so it belongs to none of them)')
   for d in dirs:
     if not os.path.isdir(d):
       raise app.UsageError(f'--sweep_dir: {d!r} is not a directory')
   # The first directory must have finished runs; a later one may not have any yet.
-  runs = claims.overlay([sweeps.collect_finished(dirs[0])]
-                        + [sweeps.collect(d) for d in dirs[1:]])
+  runs = sweeps.collect_finished(dirs[0])
+  if len(dirs) > 1:
+    runs = claims.overlay([runs] + [sweeps.collect(d) for d in dirs[1:]])
   if _TUNING.value:
     out_dir = _OUT.value or dirs[0]
     os.makedirs(out_dir, exist_ok=True)

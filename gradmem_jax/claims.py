@@ -194,14 +194,16 @@ def plot_em_vs_n(cs, path: str) -> bool:
 
 
 def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
-  """The runs of several sweeps as one set: a run of a later list replaces the earlier lists' runs
-  of the same method label, N and seed (e.g. a longer-budget rerun of some points); every other
-  run is kept. A run without a seed counts as seed 0."""
-  keyed: 'OrderedDict[tuple, dict]' = OrderedDict()
+  """The runs of several sweeps as one set: the runs of a later list replace the earlier lists'
+  runs of the same method label, N and seed (e.g. a longer-budget rerun of some points); every
+  other run is kept, and so is every run of one list (a list's own points are never merged:
+  a grid has many runs per label, N and seed). A run without a seed counts as seed 0."""
+  key = lambda r: (label(r), r.get('n_pairs'), r.get('seed', 0))
+  out: list = []
   for runs in run_lists:
-    for r in runs:
-      keyed[(label(r), r.get('n_pairs'), r.get('seed', 0))] = r
-  return list(keyed.values())
+    later = {key(r) for r in runs}
+    out = [r for r in out if key(r) not in later] + list(runs)
+  return out
 
 
 def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims') -> dict:

@@ -99,6 +99,12 @@ def test_overlay_replaces_only_the_same_method_n_and_seed():
   assert kept == [r for r in base if not (claims.label(r) == 'GradMem K=1'
                                           and r['n_pairs'] == 2 and r['seed'] == 1)]
   assert claims.cells(runs)[('GradMem K=1', 2)]['steps'] == (1000 * 2 + 12000 + 1000) / 4
+  # One list's own runs are never merged (a grid has many per method, N and seed), and a later
+  # list's duplicates replace the earlier list's run, both kept.
+  grid = [_run('gradmem', 1, 4, 0, 0.1), _run('gradmem', 1, 4, 0, 0.2)]
+  assert claims.overlay([grid]) == grid
+  again = [_run('gradmem', 1, 4, 0, 0.3), _run('gradmem', 1, 4, 0, 0.4)]
+  assert claims.overlay([grid, again]) == again
 
 
 def test_claims_sweep_curriculum_in_n():
@@ -200,9 +206,13 @@ def test_claims_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert '| GradMem K=1 | 71.0 ± 29.0 (3 seeds, 4667 steps' in out.stdout
-  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd}/nope'],
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd}/nope',
+                        f'--out={tmp_path / "x"}'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and 'nope' in out.stderr and 'is not a directory' in out.stderr
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd2}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0 and '--out is required' in out.stderr
 
 
 def test_test_time_write_scoring_by_hand():
@@ -283,12 +293,20 @@ def test_tuning_report_ranks_the_grid_and_names_the_tuned_settings(tmp_path):
   assert [r.split('|')[2].strip() for r in rows] == [
       'inner_lr=3.0, lr=0.001', 'inner_lr=1.0, lr=0.003', 'inner_lr=0.3, lr=0.001']
   assert 'gradmem N=2 inner_lr=1.0, lr=0.001: 90.0% EM' in table and 'full_context' not in table
+  # From a sweep dir, as real runs write it: results.json with K and seed (so the grid's points
+  # share a method label, N and seed), the overrides in sweep.json. Every point is ranked.
   sd = tmp_path / 'sd'
+  points = []
   for i, r in enumerate(runs):
     os.makedirs(sd / f'p{i}')
     with open(sd / f'p{i}' / 'results.json', 'w') as f:
-      json.dump({k: v for k, v in r.items() if k != 'overrides'}, f)
+      json.dump(dict({k: v for k, v in r.items() if k != 'overrides'}, K=1, seed=0), f)
+    points.append({'slug': f'p{i}', 'overrides': r['overrides']})
+  with open(sd / 'sweep.json', 'w') as f:
+    json.dump({'points': points}, f)
   out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
                         '--tuning'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert (sd / 'tuning.md').exists() and 'TUNED = ' in out.stdout
+  assert (sd / 'tuning.md').exists() and repr(tuned) in out.stdout
+  assert (sd / 'tuning.md').read_text() == '# KV claims: fairness grid\n\n' + table + \
+      f'\nTUNED = {tuned!r}\n'

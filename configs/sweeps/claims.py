@@ -25,8 +25,8 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              seeds 1, 2, 0 (in that order), N in {2, 4}: `cpu`'s GradMem seeds 1-2 were still
              rising at 4,000 steps (a plateau near 30% EM that each seed leaves at a different
              step). Its own sweep dir; `experiments.claims
-             --sweep_dir=runs/claims_cpu,runs/claims_equal_budget` puts these runs in place of
-             `cpu`'s GradMem K=1 points (same label, N and seed).
+             --sweep_dir=runs/claims_cpu,runs/claims_equal_budget --out=DIR` puts these runs in
+             place of `cpu`'s GradMem K=1 points (same label, N and seed).
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
