@@ -53,7 +53,8 @@ def _order(lab: str) -> tuple:
 
 def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
   """(label, N) -> {'em_mean', 'em_std' (None for one seed), 'seeds', 'steps', 'minutes',
-  'k_extrapolation' (K_eval -> mean EM over the seeds that have it)}."""
+  'k_extrapolation' (K_eval -> mean EM over the seeds that have it), 'kx_seeds' (how many
+  have it)}."""
   groups: dict = {}
   for r in runs:
     lab = label(r)
@@ -74,7 +75,8 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
                 'seeds': len(ems),
                 'steps': float(np.mean([m.get('steps', 0) for m in members])),
                 'minutes': float(np.mean([m.get('wall_time_s', 0) for m in members])) / 60,
-                'k_extrapolation': {k: float(np.mean(v)) for k, v in sorted(kx.items())}}
+                'k_extrapolation': {k: float(np.mean(v)) for k, v in sorted(kx.items())},
+                'kx_seeds': sum(1 for m in members if m.get('k_extrapolation'))}
   return out
 
 
@@ -156,14 +158,15 @@ def claim_lines(cs: 'OrderedDict[tuple, dict]') -> list[str]:
 
 
 def k_extrapolation_table(cs: 'OrderedDict[tuple, dict]') -> Optional[str]:
-  rows = [(lab, n, c['k_extrapolation']) for (lab, n), c in cs.items() if c['k_extrapolation']]
+  rows = [(lab, n, c) for (lab, n), c in cs.items() if c['k_extrapolation']]
   if not rows:
     return None
-  ks = sorted({k for *_, kx in rows for k in kx})
-  lines = ['| trained as | N | ' + ' | '.join(f'K_eval={k}' for k in ks) + ' |',
-           '|' + '---|' * (len(ks) + 2)]
-  for lab, n, kx in rows:
-    lines.append(f'| {lab} | {n} | ' + ' | '.join(
+  ks = sorted({k for *_, c in rows for k in c['k_extrapolation']})
+  lines = ['| trained as | N | seeds evaluated | ' + ' | '.join(f'K_eval={k}' for k in ks) + ' |',
+           '|' + '---|' * (len(ks) + 3)]
+  for lab, n, c in rows:
+    kx = c['k_extrapolation']
+    lines.append(f'| {lab} | {n} | {c["kx_seeds"]} of {c["seeds"]} | ' + ' | '.join(
         f'{100 * kx[k]:.1f}' if k in kx else '-' for k in ks) + ' |')
   return '\n'.join(lines)
 

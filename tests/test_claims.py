@@ -78,7 +78,7 @@ def test_report_files_table_and_claims(tmp_path):
   claim2 = md.split('### Claim 2')[1].split('### Claim 3')[0]
   assert 'N=2: GradMem K=5 99.0 vs RMT x5 40.0 (+59.0): ahead' in claim2
   assert 'GradMem K=1 ' not in claim2  # K=1 against x1 is claim 1, not evidence for claim 2
-  assert '| GradMem K=1 | 2 | 91.0 | 93.0 |' in md  # K extrapolation
+  assert '| GradMem K=1 | 2 | 3 of 3 | 91.0 | 93.0 |' in md  # K extrapolation
   for f in ('claims.md', 'claims.csv', 'em_vs_n.png'):
     assert (tmp_path / f).stat().st_size > 0
   rows = (tmp_path / 'claims.csv').read_text().splitlines()
@@ -206,6 +206,7 @@ def test_claims_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert '| GradMem K=1 | 71.0 ± 29.0 (3 seeds, 4667 steps' in out.stdout
+  assert '| GradMem K=1 | 2 | 2 of 3 | 91.5 | 93.5 |' in out.stdout  # the new run has no K_eval
   out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd}/nope',
                         f'--out={tmp_path / "x"}'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
