@@ -98,8 +98,8 @@ def matmul_peak(jax, jnp, n=2048, reps=10):
 
 
 def cost_flops(compiled):
-  ca = compiled.cost_analysis()
-  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  from gradmem_jax.training.evaluators import xla_cost
+  ca = xla_cost(compiled)
   return float(ca.get('flops', float('nan'))), float(ca.get('bytes accessed', float('nan')))
 
 

@@ -19,7 +19,7 @@ from absl import app, flags
 
 from gradmem_jax import claims, sweeps
 
-_SWEEP_DIR = flags.DEFINE_string(
+_SWEEP_DIR = flags.DEFINE_list(
     'sweep_dir', None, 'Claims sweep directory, or several, comma-separated: a run of a later '
     'directory replaces the earlier ones\' runs of the same method, N and seed.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep directory).')
@@ -31,7 +31,7 @@ _TUNING = flags.DEFINE_bool('tuning', False, 'The sweep is the fairness grid (cl
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  dirs = [d for d in _SWEEP_DIR.value.split(',') if d]
+  dirs = [d for d in _SWEEP_DIR.value if d]
   if _TUNING.value and len(dirs) != 1:
     raise app.UsageError(f'--tuning takes one --sweep_dir, got {len(dirs)}: {dirs}')
   if len(dirs) > 1 and not _OUT.value:

@@ -182,9 +182,10 @@ def test_every_checkpoint_damaged_is_a_clear_error_not_a_fresh_start(saved_run, 
   assert not os.path.exists(workdir / 'checkpoints.damaged')
 
 
-def test_a_run_left_by_a_test_is_killed_when_the_test_ends():
+def test_a_run_left_by_a_test_is_killed_when_the_test_ends(request):
   # conftest's autouse _reap calls subprocs.reap after every test: a subprocess test that failed
   # or timed out leaves no training run loading the cores of the tests after it.
+  assert '_reap' in request.fixturenames  # the fixture wraps every test, this one included
   import subprocess
   import sys
   from tests import subprocs

@@ -132,6 +132,13 @@ def evaluate_all(evaluators: dict, params, K: Optional[int] = None) -> dict:
   return out
 
 
+def xla_cost(compiled) -> dict:
+  """A compiled program's cost analysis as one dict ('flops', 'bytes accessed', ...): older jax
+  versions return a list with one entry per computation."""
+  ca = compiled.cost_analysis()
+  return ca[0] if isinstance(ca, (list, tuple)) else ca
+
+
 def flops_per_sample(exp: Experiment, params) -> dict:
   """XLA's FLOP counts of WRITE and of READ for one validation sample (inference, no graph)."""
   sample = exp.task.collate([exp.task.validation_set()[0]])
@@ -146,9 +153,7 @@ def flops_per_sample(exp: Experiment, params) -> dict:
 
   def count(f, *args):
     try:
-      ca = jax.jit(f).lower(*args).compile().cost_analysis()
-      ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-      return float(ca.get('flops', 0.0))  # no 'flops' entry: nothing computed
+      return float(xla_cost(jax.jit(f).lower(*args).compile()).get('flops', 0.0))  # no 'flops' entry: nothing computed
     except Exception:  # noqa: BLE001 - informational only
       return float('nan')
 

@@ -22,7 +22,7 @@ from gradmem_jax.training import mesh as mesh_lib
 from gradmem_jax.training.experiment import Experiment
 from gradmem_jax.training.optim import learning_rate_schedule
 
-_tree_norm = optax.tree.norm if hasattr(optax, 'tree') and hasattr(optax.tree, 'norm') else (
+tree_norm = optax.tree.norm if hasattr(optax, 'tree') and hasattr(optax.tree, 'norm') else (
     optax.global_norm)
 
 
@@ -106,9 +106,9 @@ def make_train_step(exp: Experiment, guard: Optional[bool] = None):
       ((loss, sums), grads), _ = jax.lax.scan(body, zeros, (mbatches, rngs))
     updates, opt_state = optimizer.update(grads, state['opt_state'], params)
     new_params = optax.apply_updates(params, updates)
-    grad_norm = _tree_norm(grads)
+    grad_norm = tree_norm(grads)
     metrics = {'loss': loss, 'grad_norm': grad_norm,
-               'param_norm': _tree_norm(new_params), 'lr': schedule(state['step'])}
+               'param_norm': tree_norm(new_params), 'lr': schedule(state['step'])}
     metrics.update(sums)
     new_state = {'step': state['step'] + 1, 'params': new_params, 'opt_state': opt_state}
     flags, step_names = finite_flags(loss, grad_norm, sums,
