@@ -25,6 +25,9 @@
 #   its like-for-like full-context baseline (not run yet), and returns every run's metrics.
 #   With the baseline, BUDGET_S must leave the GradMem run its minutes: it takes all but 100 s
 #   of what is left when it starts unless SMOLLM2_MINUTES caps it.
+# Knobs: KV_SEED (the KV runs' parameter seed, default 0), SMOLLM2_MINUTES=0 (skip the GradMem
+# SmolLM2 run in call 2, e.g. when only its baseline is missing), SMOLLM2_BASELINE_STEPS (stop the
+# baseline at the GradMem run's step count, for a like-for-like budget).
 # Everything lands in $OUT (default ./gpu_out): at most 8 files per call.
 #
 # Results of 2026-11-27 (H100; the kit's N=16 project row timed out at 90 s, the KV runs started
@@ -42,6 +45,7 @@ if [ "$phase" = kvchain ]; then  # gpu_session.sh kvchain <gradmem|rmt> <minutes
   m=$2; total=$3; prev=
   echo $$ > "$W/kv_$m.pid"  # kv_running's handle (this process outlives the call that started it)
   if [ "$m" = gradmem ]; then over=K=2; else over=method=rmt,K=1; fi
+  over=$over,seed=${KV_SEED:-0}  # parameter init and dropout (the data stream is the config's)
   for n in 4 8 16; do
     mins=$(python3 -c "print(round($total / (2 if $n == 16 else 4), 2))")
     if ! python3 -c "import sys; sys.exit(not $mins > 0)"; then  # 0 would mean 'no limit'
@@ -161,7 +165,8 @@ if ! kv_running; then
   fi
 fi
 
-smollm2_qa1() {  # $1: run name; $2: presets after smollm2,qa1; $3: minutes; $4: seconds to keep
+smollm2_qa1() {  # $1: run name; $2: presets after smollm2,qa1; $3: minutes; $4: seconds to keep;
+  # $5: steps (default: the preset's 100k, i.e. minutes decide)
   # One SmolLM2 run on bAbI QA1 with the schedule for minutes (50 warmup steps) and 500
   # validation questions every 150 steps, the same for GradMem and its baseline.
   log "SmolLM2 QA1, $1, for $3 min"
@@ -169,12 +174,13 @@ smollm2_qa1() {  # $1: run name; $2: presets after smollm2,qa1; $3: minutes; $4:
     --config="configs/babi.py:smollm2,qa1,$2" --config.optim.warmup_steps=50 \
     --config.model.pretrained="$W/smollm2.gguf" --config.data.babi_dir="$PWD/.data/babi" \
     --config.data.n_val=500 --config.train.eval_every=150 --config.train.checkpoint_every=100000 \
-    --config.train.max_minutes="$3" --workdir="$W/$1" > "$W/$1.log" 2>&1
+    --config.train.max_minutes="$3" --config.train.max_steps="${5:-100000}" \
+    --workdir="$W/$1" > "$W/$1.log" 2>&1
   log "SmolLM2 $1 rc=$?"
   grep -E "eval step|^\| (best|final|steps)" "$W/$1.log" | tail -n 30
 }
 
-if [ "$have_gguf" = 1 ]; then
+if [ "$have_gguf" = 1 ] && [ "${SMOLLM2_MINUTES:-1}" != 0 ]; then  # SMOLLM2_MINUTES=0: skip it
   # The smollm2 preset (frozen backbone, write-only LoRA, M0, projection, K=1, inner Adam, bf16,
   # batch 64) at lr 1e-3 (the preset: 1e-4 after 10k warmup steps, for 100k steps). The preset
   # pads to one context shape (data.bucket=0): with buckets the run made 3 steps in about 6
@@ -192,7 +198,8 @@ if [ "$have_gguf" = 1 ] && [ "${SMOLLM2_BASELINE_MINUTES:-0}" != 0 ]; then
   minutes=$(python3 -c "print(round(min(${SMOLLM2_BASELINE_MINUTES}, ($(left) - 60) / 60), 2))")
   if python3 -c "import sys; sys.exit(not $minutes >= 1)"; then
     smollm2_qa1 smollm2_qa1_fc \
-      full_context,memory.lora_rank=0,memory.freeze_backbone=False,lr=1e-4 "$minutes" 15
+      full_context,memory.lora_rank=0,memory.freeze_backbone=False,lr=1e-4 "$minutes" 15 \
+      "${SMOLLM2_BASELINE_STEPS:-100000}"
   else log "SmolLM2 baseline: $minutes min left is too little (loading and compiling take ~3.5)"; fi
 fi
 while kv_running && [ "$(left)" -gt 20 ]; do sleep 5; done

@@ -131,6 +131,15 @@ def test_claims_sweep_curriculum_in_n():
     assert sweeps.slug(p) in full_slugs
     assert seeds.init_from.get(sweeps.slug(p)) == full.init_from.get(sweeps.slug(p))
   assert (seeds.name, seeds.base) == (full.name, full.base)
+  # Claim 2's seeds likewise: GradMem K=2 (second order) and RMT x2, seed 1's four runs first.
+  k2 = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:k2_seeds'))
+  assert [(p['seed'], p['method'], p['n_pairs']) for p in k2.points] == [
+      (s, m, n) for s in (1, 2) for m in ('gradmem', 'rmt') for n in (2, 4)]
+  for p in k2.points:
+    assert p['K'] == 2 and p.get('grad_mode', 'second') == 'second'
+    assert sweeps.slug(p) in full_slugs
+    assert k2.init_from.get(sweeps.slug(p)) == full.init_from.get(sweeps.slug(p))
+  assert (k2.name, k2.base) == (full.name, full.base)
   tune = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune'))
   assert len(tune.points) == 5 + 5 * 3  # 5 N=2 sources, each with 3 outer lrs at N=4
   for p in tune.points:

@@ -21,6 +21,9 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              over seeds for the two claims the CPU can afford three seeds of (about an hour per
              seed). The same points, names and curriculum sources as `cpu`, so a later `cpu` run
              in the same sweep dir skips them.
+  k2_seeds   `cpu`'s seeds 1-2 for claim 2's K=2 pair (GradMem K=2, RMT x2) at N in {2, 4}, seed 1
+             first (about 100 minutes per seed on 2 cores, most of it RMT x2's 12,000 steps). Like
+             `k1_seeds`, a part of `cpu` (same point names and curriculum sources).
   equal_budget  GradMem K=1 (second order) at RMT's step budget (12,000 steps, not 4,000),
              seeds 1, 2, 0 (in that order), N in {2, 4}: `cpu`'s GradMem seeds 1-2 were still
              rising at 4,000 steps (a plateau near 30% EM that each seed leaves at a different
@@ -132,6 +135,10 @@ def get_sweep(arg=None):
     return _claims('claims_cpu', [2, 4], [1, 2], cpu_base,
                    'KV claims 1 and 3 at CPU scale, seeds 1-2, N in {2, 4}',
                    methods=[m for m in METHODS if m['K'] == 1])
+  if variant == 'k2_seeds':
+    return _claims('claims_cpu', [2, 4], [1, 2], cpu_base,
+                   'KV claim 2 at CPU scale (GradMem K=2 vs RMT x2), seeds 1-2, N in {2, 4}',
+                   methods=[m for m in METHODS if m['K'] == 2 and 'grad_mode' not in m])
   if variant == 'equal_budget':
     return _claims('claims_equal_budget', [2, 4], [1, 2, 0], cpu_base,
                    'GradMem K=1 at RMT\'s 12,000-step budget, seeds 0-2, N in {2, 4}',
@@ -144,4 +151,4 @@ def get_sweep(arg=None):
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
   raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
-                   'equal_budget, depth, paper')
+                   'k2_seeds, equal_budget, depth, paper')
