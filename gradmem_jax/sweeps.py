@@ -257,3 +257,65 @@ def collect(sweep_dir: str) -> list[dict]:
       r['k_extrapolation'] = json.load(open(kx))
     rows.append(r)
   return rows
+
+
+# What a report needs of a finished point: no checkpoints, best parameters or TensorBoard events.
+ARCHIVED_FILES = ('config.json', 'results.json', 'metrics.jsonl', 'k_extrapolation.json',
+                  'stdout.log')
+
+
+def _copy_atomic(src: str, dst: str) -> None:
+  tmp = dst + '.tmp'
+  with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
+    fo.write(fi.read())
+  os.replace(tmp, dst)
+
+
+def archive(sweep_dir: str, out_dir: str) -> list[str]:
+  """Copies what the reports read of every finished point (ARCHIVED_FILES) and sweep.json from
+  `sweep_dir` to `out_dir`, a few hundred kB per point, small enough to commit: `collect`, the
+  sweep report and `experiments.claims` read `out_dir` as they read the sweep dir, so results
+  outlive the machine whose run directories (with their checkpoints) they came from. Unfinished
+  points are not copied (they have no results.json yet). A point already in `out_dir` is
+  overwritten with the newer files; points in `out_dir` that `sweep_dir` lacks are kept, and
+  sweep.json's points and curriculum sources become the union (a later session's sweep dir may
+  hold other points of the same sweep; another sweep's archive is refused). Each file is written
+  to a temporary name and renamed, so an interrupted archive leaves whole files. Returns the
+  archived point names."""
+  if not os.path.isdir(sweep_dir):
+    raise FileNotFoundError(f'--sweep_dir {sweep_dir!r}: no such directory')
+  if os.path.abspath(sweep_dir) == os.path.abspath(out_dir):
+    raise ValueError(f'archive: the output {out_dir!r} is the sweep dir itself')
+  manifest, out_manifest = os.path.join(sweep_dir, 'sweep.json'), os.path.join(out_dir, 'sweep.json')
+  new = old = None
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      new = json.load(f)
+  if os.path.exists(out_manifest):
+    with open(out_manifest) as f:
+      old = json.load(f)
+  if new and old and (old.get('name'), old.get('base')) != (new.get('name'), new.get('base')):
+    raise ValueError(
+        f'archive: {out_dir!r} holds sweep {old.get("name")!r} (base {old.get("base")!r}), not '
+        f'{new.get("name")!r} (base {new.get("base")!r}); archive into another directory')
+  os.makedirs(out_dir, exist_ok=True)
+  names = []
+  for name in sorted(os.listdir(sweep_dir)):
+    src = os.path.join(sweep_dir, name)
+    if not is_finished(src):
+      continue
+    dst = os.path.join(out_dir, name)
+    os.makedirs(dst, exist_ok=True)
+    for f in ARCHIVED_FILES:
+      if os.path.exists(os.path.join(src, f)):
+        _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
+    names.append(name)
+  if new:
+    if old:
+      slugs = {p['slug'] for p in new['points']}
+      new['points'] = [p for p in old.get('points', []) if p['slug'] not in slugs] + new['points']
+      new['init_from'] = {**old.get('init_from', {}), **new.get('init_from', {})}
+    with open(out_manifest + '.tmp', 'w') as f:
+      json.dump(new, f, indent=2)
+    os.replace(out_manifest + '.tmp', out_manifest)
+  return names

@@ -146,3 +146,56 @@ def test_report_means_stds_and_figure(tmp_path):
     report.make_report(runs, str(tmp_path / 'out2'), figures=('em_vs_nothing',))
   csv_text = (tmp_path / 'out' / 'report.csv').read_text()
   assert csv_text.splitlines()[0].startswith('K,seeds,em_mean')
+
+
+def test_archive_keeps_what_the_reports_read_and_outlives_the_run_dirs(tmp_path):
+  # A session's run directories (with checkpoints) do not survive its machine; the archive keeps
+  # the small files the reports read, and reads back exactly as the sweep dir did.
+  def fake_sweep(sd, points, finished):
+    s = sweeps.Sweep('claims', points, base='tiny', init_from={'K=2,seed=0': 'K=1,seed=0'})
+    sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', s)
+    for p in points:
+      wd = sd / sweeps.slug(p)
+      os.makedirs(wd / 'checkpoints' / '100')
+      (wd / 'checkpoints' / '100' / 'params').write_bytes(b'\0' * 1000)
+      (wd / 'stdout.log').write_text('step 1\n')
+      if sweeps.slug(p) in finished:
+        (wd / 'config.json').write_text(json.dumps({'K': p['K']}))
+        (wd / 'metrics.jsonl').write_text(json.dumps({'step': 100, 'val/em': 0.5}) + '\n')
+        (wd / 'results.json').write_text(json.dumps({'K': p['K'], 'best': {'em': 0.1 * p['K']}}))
+        (wd / 'k_extrapolation.json').write_text(json.dumps([{'K_eval': 1, 'em': 0.2}]))
+  sd, out = tmp_path / 'runs', tmp_path / 'archive'
+  fake_sweep(sd, [dict(K=1, seed=0), dict(K=2, seed=0), dict(K=5, seed=0)],
+             finished={'K=1,seed=0', 'K=2,seed=0'})
+  assert sweeps.archive(str(sd), str(out)) == ['K=1,seed=0', 'K=2,seed=0']
+  assert sorted(os.listdir(out)) == ['K=1,seed=0', 'K=2,seed=0', 'sweep.json']  # K=5 unfinished
+  assert sorted(os.listdir(out / 'K=1,seed=0')) == sorted(sweeps.ARCHIVED_FILES)  # no checkpoints
+  assert sweeps.collect(str(out)) == sweeps.collect(str(sd))
+  # A later session's sweep dir with another point (and a newer copy of one) adds to the archive.
+  sd2 = tmp_path / 'runs2'
+  fake_sweep(sd2, [dict(K=2, seed=0), dict(K=1, seed=1)], finished={'K=2,seed=0', 'K=1,seed=1'})
+  (sd2 / 'K=2,seed=0' / 'results.json').write_text(json.dumps({'K': 2, 'best': {'em': 0.9}}))
+  sweeps.archive(str(sd2), str(out))
+  rows = {r['slug']: r for r in sweeps.collect(str(out))}
+  assert sorted(rows) == ['K=1,seed=0', 'K=1,seed=1', 'K=2,seed=0']
+  assert rows['K=2,seed=0']['best']['em'] == 0.9  # the newer copy
+  assert rows['K=1,seed=0']['overrides'] == {'K': 1, 'seed': 0}  # kept from the first archive
+  assert rows['K=1,seed=1']['overrides'] == {'K': 1, 'seed': 1}
+  assert json.load(open(out / 'sweep.json'))['init_from'] == {'K=2,seed=0': 'K=1,seed=0'}
+  # Another sweep's results are refused before anything is copied; so is the sweep dir itself.
+  other = tmp_path / 'other'
+  sweeps.write_manifest(str(other), 'configs/kv_retrieval.py',
+                        sweeps.Sweep('tune', [dict(K=3)], base='tiny'))
+  os.makedirs(other / 'K=3')
+  (other / 'K=3' / 'results.json').write_text('{}')
+  with pytest.raises(ValueError, match="holds sweep 'claims'"):
+    sweeps.archive(str(other), str(out))
+  assert not (out / 'K=3').exists()
+  with pytest.raises(ValueError, match='is the sweep dir itself'):
+    sweeps.archive(str(sd), str(sd))
+  with pytest.raises(FileNotFoundError, match='no such directory'):
+    sweeps.archive(str(tmp_path / 'nope'), str(out))
+  # The command line does the same.
+  printed = _run(['experiments.archive', f'--sweep_dir={sd}', f'--out={tmp_path / "a2"}'])
+  assert 'archived 2 finished points' in printed
+  assert sweeps.collect(str(tmp_path / 'a2')) == sweeps.collect(str(sd))

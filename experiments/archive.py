@@ -1,0 +1,35 @@
+r"""Copies a sweep's finished results (no checkpoints) to a directory that can be committed.
+
+  python -m experiments.archive --sweep_dir=runs/claims_cpu \
+      --out=benchmarks/results/runs/claims_cpu
+
+Run directories hold checkpoints (megabytes per point) and live on the machine that ran them; a
+session's machine does not outlast it. The archive keeps what the reports read (config.json,
+results.json, metrics.jsonl, k_extrapolation.json, stdout.log and sweep.json; `sweeps.archive`),
+so `experiments.claims` and `experiments.report` accept it as a sweep dir, `experiments.claims`
+also before a live one (`--sweep_dir=ARCHIVE,runs/claims_cpu --out=...`: the live run of a point
+replaces its archived copy). (`experiments.babi_curriculum_table` needs the checkpoints to
+evaluate on the test split, unless its --out already holds that run's cached test result.) Rerunning it updates the archive; points archived earlier
+that the sweep dir no longer has stay.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+
+from gradmem_jax import sweeps
+
+_SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'The sweep directory to archive.', required=True)
+_OUT = flags.DEFINE_string('out', None, 'The archive directory.', required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  names = sweeps.archive(_SWEEP_DIR.value, _OUT.value)
+  print(f'archived {len(names)} finished points of {_SWEEP_DIR.value} to {_OUT.value}')
+  for n in names:
+    print(f'  {n}')
+
+
+if __name__ == '__main__':
+  app.run(main)
