@@ -33,6 +33,8 @@
 # Results of 2026-11-27 (H100; the kit's N=16 project row timed out at 90 s, the KV runs started
 # cold at N=16, SmolLM2 ran with buckets): commit 31cf0d3 of this script,
 # benchmarks/results/gpu_h100_2026-11-27/notes.md.
+# Results of 2026-11-28 (H200; three kit rows, the KV curricula's seed 1, SmolLM2's full-context
+# baseline): benchmarks/results/gpu_h200_2026-11-28/notes.md, with the exact calls.
 set -u
 phase=${1:?usage: gpu_session.sh 1|2}
 OUT=${OUT:-gpu_out}
@@ -121,12 +123,14 @@ if [ "$phase" = 1 ]; then
   # one row at a time in KIT_ROWS' order while more than KIT_ROW_S seconds (plus the KV runs'
   # start) are left; one fresh process per side and row. --timeout: the project's benchmark did
   # not finish in 90 s on an H100 (2026-11-27): 92 s, 64 of them compiling; its stderr stamps each
-  # phase, and a timed-out row keeps that tail in kit.jsonl. Measured already (H200, 2026-11-27):
-  # second order K=2 at N=16 (B=64) and N=64 (B=16), and the authors' Triton kernel row. The
-  # default is the issue's rows not yet measured on a GPU, the cheap ones first.
+  # phase, and a timed-out row keeps that tail in kit.jsonl. Measured already (H200): second
+  # order K=2 at N=16 (B=64) and N=64 (B=16) and the authors' Triton kernel row (2026-11-27);
+  # first order, inference and second order K=5 at N=16 (2026-11-28). The default is the issue's
+  # rows not yet measured on a GPU, the cheap one first (about 2 minutes each, most of it our
+  # process compiling).
   export REF_PYTHON=python3 REF_REPO=.sbs/bench-ref/reference PROJECT_DIR=. PROJECT_PYTHON=python3
   R="python3 .sbs/bench-ref/run.py --device=cuda --timeout=200 --steps=10"
-  KIT_ROWS=${KIT_ROWS:-train_first_K2_N16_B64,infer_K2_N16_B64,train_second_K1_N16_B64,train_second_K5_N16_B64,train_second_K5_N64_B16,train_second_K2_N64_B64}
+  KIT_ROWS=${KIT_ROWS:-train_second_K1_N16_B64,train_second_K5_N64_B16,train_second_K2_N64_B64}
   for row in ${KIT_ROWS//,/ }; do
     if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for $row"; continue; fi
     log "kit: fp32 eager, $row"
