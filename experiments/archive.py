@@ -8,9 +8,9 @@ session's machine does not outlast it. The archive keeps what the reports read (
 results.json, metrics.jsonl, k_extrapolation.json, stdout.log and sweep.json; `sweeps.archive`),
 so `experiments.claims` and `experiments.report` accept it as a sweep dir, `experiments.claims`
 also before a live one (`--sweep_dir=ARCHIVE,runs/claims_cpu --out=...`: the live run of a point
-replaces its archived copy). (`experiments.babi_curriculum_table` needs the checkpoints to
-evaluate on the test split, unless its --out already holds that run's cached test result.) Rerunning it updates the archive; points archived earlier
-that the sweep dir no longer has stay.
+replaces its archived copy). `experiments.babi_curriculum_table` does not: it evaluates each
+task's final stage on the test split, which needs the checkpoints. Rerunning the archive updates
+it; points archived earlier that the sweep dir no longer has stay.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from absl import app, flags
 
 from gradmem_jax import sweeps
 
-_SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'The sweep directory to archive.', required=True)
+_SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'The sweep directory to archive.',
+                                 required=True)
 _OUT = flags.DEFINE_string('out', None, 'The archive directory.', required=True)
 
 

@@ -271,45 +271,46 @@ def _copy_atomic(src: str, dst: str) -> None:
   os.replace(tmp, dst)
 
 
+def _read_manifest(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); expected a sweep.json that '
+                     'experiments.sweep wrote') from None
+
+
 def archive(sweep_dir: str, out_dir: str) -> list[str]:
   """Copies what the reports read of every finished point (ARCHIVED_FILES) and sweep.json from
   `sweep_dir` to `out_dir`, a few hundred kB per point, small enough to commit: `collect`, the
   sweep report and `experiments.claims` read `out_dir` as they read the sweep dir, so results
   outlive the machine whose run directories (with their checkpoints) they came from. Unfinished
   points are not copied (they have no results.json yet). A point already in `out_dir` is
-  overwritten with the newer files; points in `out_dir` that `sweep_dir` lacks are kept, and
-  sweep.json's points and curriculum sources become the union (a later session's sweep dir may
-  hold other points of the same sweep; another sweep's archive is refused). Each file is written
-  to a temporary name and renamed, so an interrupted archive leaves whole files. Returns the
-  archived point names."""
+  replaced by the sweep dir's copy (archived files the sweep dir's point lacks are removed);
+  points in `out_dir` that `sweep_dir` lacks are kept, and sweep.json's points and curriculum
+  sources become the union (a later session's sweep dir may hold other points of the same
+  sweep). Refused: an `out_dir` holding another sweep's archive (other name or base), or any
+  archive when `sweep_dir` has no sweep.json to check that against, and `out_dir` being
+  `sweep_dir` itself. Each file is written to a temporary name and renamed, results.json last
+  within a point and the manifest before the points, so an interrupted archive leaves whole
+  files and no point that looks finished without its metrics. Returns the archived points."""
   if not os.path.isdir(sweep_dir):
     raise FileNotFoundError(f'--sweep_dir {sweep_dir!r}: no such directory')
-  if os.path.abspath(sweep_dir) == os.path.abspath(out_dir):
+  if os.path.realpath(sweep_dir) == os.path.realpath(out_dir):
     raise ValueError(f'archive: the output {out_dir!r} is the sweep dir itself')
-  manifest, out_manifest = os.path.join(sweep_dir, 'sweep.json'), os.path.join(out_dir, 'sweep.json')
-  new = old = None
-  if os.path.exists(manifest):
-    with open(manifest) as f:
-      new = json.load(f)
-  if os.path.exists(out_manifest):
-    with open(out_manifest) as f:
-      old = json.load(f)
+  manifest = os.path.join(sweep_dir, 'sweep.json')
+  out_manifest = os.path.join(out_dir, 'sweep.json')
+  new, old = _read_manifest(manifest), _read_manifest(out_manifest)
+  if old is not None and new is None:
+    raise ValueError(f'archive: {sweep_dir!r} has no sweep.json, so its points cannot be checked '
+                     f'against the archive of sweep {old.get("name")!r} in {out_dir!r}')
   if new and old and (old.get('name'), old.get('base')) != (new.get('name'), new.get('base')):
     raise ValueError(
         f'archive: {out_dir!r} holds sweep {old.get("name")!r} (base {old.get("base")!r}), not '
         f'{new.get("name")!r} (base {new.get("base")!r}); archive into another directory')
   os.makedirs(out_dir, exist_ok=True)
-  names = []
-  for name in sorted(os.listdir(sweep_dir)):
-    src = os.path.join(sweep_dir, name)
-    if not is_finished(src):
-      continue
-    dst = os.path.join(out_dir, name)
-    os.makedirs(dst, exist_ok=True)
-    for f in ARCHIVED_FILES:
-      if os.path.exists(os.path.join(src, f)):
-        _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
-    names.append(name)
   if new:
     if old:
       slugs = {p['slug'] for p in new['points']}
@@ -318,4 +319,19 @@ def archive(sweep_dir: str, out_dir: str) -> list[str]:
     with open(out_manifest + '.tmp', 'w') as f:
       json.dump(new, f, indent=2)
     os.replace(out_manifest + '.tmp', out_manifest)
+  names = []
+  last = ('results.json',)  # the file that marks a point finished goes in last
+  order = [f for f in ARCHIVED_FILES if f not in last] + list(last)
+  for name in sorted(os.listdir(sweep_dir)):
+    src = os.path.join(sweep_dir, name)
+    if not is_finished(src):
+      continue
+    dst = os.path.join(out_dir, name)
+    os.makedirs(dst, exist_ok=True)
+    for f in order:
+      if os.path.exists(os.path.join(src, f)):
+        _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
+      elif os.path.exists(os.path.join(dst, f)):
+        os.remove(os.path.join(dst, f))  # an older copy's file that this run does not have
+    names.append(name)
   return names

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -151,8 +152,8 @@ def test_report_means_stds_and_figure(tmp_path):
 def test_archive_keeps_what_the_reports_read_and_outlives_the_run_dirs(tmp_path):
   # A session's run directories (with checkpoints) do not survive its machine; the archive keeps
   # the small files the reports read, and reads back exactly as the sweep dir did.
-  def fake_sweep(sd, points, finished):
-    s = sweeps.Sweep('claims', points, base='tiny', init_from={'K=2,seed=0': 'K=1,seed=0'})
+  def fake_sweep(sd, points, finished, init_from):
+    s = sweeps.Sweep('claims', points, base='tiny', init_from=init_from)
     sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', s)
     for p in points:
       wd = sd / sweeps.slug(p)
@@ -166,23 +167,33 @@ def test_archive_keeps_what_the_reports_read_and_outlives_the_run_dirs(tmp_path)
         (wd / 'k_extrapolation.json').write_text(json.dumps([{'K_eval': 1, 'em': 0.2}]))
   sd, out = tmp_path / 'runs', tmp_path / 'archive'
   fake_sweep(sd, [dict(K=1, seed=0), dict(K=2, seed=0), dict(K=5, seed=0)],
-             finished={'K=1,seed=0', 'K=2,seed=0'})
+             finished={'K=1,seed=0', 'K=2,seed=0'}, init_from={'K=2,seed=0': 'K=1,seed=0'})
   assert sweeps.archive(str(sd), str(out)) == ['K=1,seed=0', 'K=2,seed=0']
   assert sorted(os.listdir(out)) == ['K=1,seed=0', 'K=2,seed=0', 'sweep.json']  # K=5 unfinished
-  assert sorted(os.listdir(out / 'K=1,seed=0')) == sorted(sweeps.ARCHIVED_FILES)  # no checkpoints
-  assert sweeps.collect(str(out)) == sweeps.collect(str(sd))
-  # A later session's sweep dir with another point (and a newer copy of one) adds to the archive.
+  assert sorted(os.listdir(out / 'K=1,seed=0')) == [  # everything a report reads, no checkpoints
+      'config.json', 'k_extrapolation.json', 'metrics.jsonl', 'results.json', 'stdout.log']
+  expected = sweeps.collect(str(sd))
+  shutil.rmtree(sd)  # the machine is gone
+  assert sweeps.collect(str(out)) == expected and len(expected) == 2
+  assert (out / 'K=1,seed=0' / 'metrics.jsonl').read_text().startswith('{"step": 100')
+  # A later session's sweep dir with another point (and its own copy of one, without K
+  # extrapolation) adds to the archive; the curriculum sources merge.
   sd2 = tmp_path / 'runs2'
-  fake_sweep(sd2, [dict(K=2, seed=0), dict(K=1, seed=1)], finished={'K=2,seed=0', 'K=1,seed=1'})
+  fake_sweep(sd2, [dict(K=2, seed=0), dict(K=1, seed=1), dict(K=2, seed=1)],
+             finished={'K=2,seed=0', 'K=1,seed=1'}, init_from={'K=2,seed=1': 'K=1,seed=1'})
   (sd2 / 'K=2,seed=0' / 'results.json').write_text(json.dumps({'K': 2, 'best': {'em': 0.9}}))
+  os.remove(sd2 / 'K=2,seed=0' / 'k_extrapolation.json')
   sweeps.archive(str(sd2), str(out))
   rows = {r['slug']: r for r in sweeps.collect(str(out))}
   assert sorted(rows) == ['K=1,seed=0', 'K=1,seed=1', 'K=2,seed=0']
-  assert rows['K=2,seed=0']['best']['em'] == 0.9  # the newer copy
+  assert rows['K=2,seed=0']['best']['em'] == 0.9  # the later sweep dir's copy
+  assert 'k_extrapolation' not in rows['K=2,seed=0']  # not the older copy's file beside it
   assert rows['K=1,seed=0']['overrides'] == {'K': 1, 'seed': 0}  # kept from the first archive
   assert rows['K=1,seed=1']['overrides'] == {'K': 1, 'seed': 1}
-  assert json.load(open(out / 'sweep.json'))['init_from'] == {'K=2,seed=0': 'K=1,seed=0'}
-  # Another sweep's results are refused before anything is copied; so is the sweep dir itself.
+  assert json.load(open(out / 'sweep.json'))['init_from'] == {
+      'K=2,seed=0': 'K=1,seed=0', 'K=2,seed=1': 'K=1,seed=1'}
+  # Another sweep's results are refused before anything is copied, as is a sweep dir without a
+  # manifest to check, and the sweep dir itself (also through a link).
   other = tmp_path / 'other'
   sweeps.write_manifest(str(other), 'configs/kv_retrieval.py',
                         sweeps.Sweep('tune', [dict(K=3)], base='tiny'))
@@ -190,12 +201,16 @@ def test_archive_keeps_what_the_reports_read_and_outlives_the_run_dirs(tmp_path)
   (other / 'K=3' / 'results.json').write_text('{}')
   with pytest.raises(ValueError, match="holds sweep 'claims'"):
     sweeps.archive(str(other), str(out))
+  os.remove(other / 'sweep.json')
+  with pytest.raises(ValueError, match='has no sweep.json'):
+    sweeps.archive(str(other), str(out))
   assert not (out / 'K=3').exists()
+  os.symlink(sd2, tmp_path / 'link')
   with pytest.raises(ValueError, match='is the sweep dir itself'):
-    sweeps.archive(str(sd), str(sd))
+    sweeps.archive(str(sd2), str(tmp_path / 'link'))
   with pytest.raises(FileNotFoundError, match='no such directory'):
     sweeps.archive(str(tmp_path / 'nope'), str(out))
   # The command line does the same.
-  printed = _run(['experiments.archive', f'--sweep_dir={sd}', f'--out={tmp_path / "a2"}'])
+  printed = _run(['experiments.archive', f'--sweep_dir={sd2}', f'--out={tmp_path / "a2"}'])
   assert 'archived 2 finished points' in printed
-  assert sweeps.collect(str(tmp_path / 'a2')) == sweeps.collect(str(sd))
+  assert sweeps.collect(str(tmp_path / 'a2')) == sweeps.collect(str(sd2))
