@@ -14,15 +14,16 @@
 # Call 1 (carry .whl .sbs .data .gg1; about 7 minutes):
 #   BUDGET_S=420 KV_MINUTES=6 bash benchmarks/gpu_session.sh 1
 #   environment; the kit side by side with the authors' code on the GPU, alone on the machine
-#   (KIT_ROWS, one row at a time while time is left; default: the rows not measured on a GPU
-#   yet, first order and inference first); then
+#   (KIT_ROWS, one row at a time while time is left; default: the three rows not measured on a
+#   GPU yet); then
 #   starts the two KV training curricula (paper model, N=4 -> 8 -> 16, GradMem K=2 and RMT x1,
 #   KV_MINUTES each) in their own sessions (setsid), which run on into call 2.
 # Call 2 (carry .whl .data .gg2), at once, with what the lease has left less about a minute:
 #   BUDGET_S=<seconds> bash benchmarks/gpu_session.sh 2
 #   joins the GGUF, meta-trains GradMem on SmolLM2-135M on bAbI QA1 beside the KV runs (and starts
 #   those itself if it landed on a fresh machine), then, with SMOLLM2_BASELINE_MINUTES=<m>, trains
-#   its like-for-like full-context baseline (not run yet), and returns every run's metrics.
+#   its like-for-like full-context baseline (run once, 2026-11-28), and returns every run's
+#   metrics. On a fresh machine call 2 starts the KV runs itself: give it KV_SEED too.
 #   With the baseline, BUDGET_S must leave the GradMem run its minutes: it takes all but 100 s
 #   of what is left when it starts unless SMOLLM2_MINUTES caps it.
 # Knobs: KV_SEED (the KV runs' parameter seed, default 0), SMOLLM2_MINUTES=0 (skip the GradMem
@@ -47,7 +48,7 @@ if [ "$phase" = kvchain ]; then  # gpu_session.sh kvchain <gradmem|rmt> <minutes
   m=$2; total=$3; prev=
   echo $$ > "$W/kv_$m.pid"  # kv_running's handle (this process outlives the call that started it)
   if [ "$m" = gradmem ]; then over=K=2; else over=method=rmt,K=1; fi
-  over=$over,seed=${KV_SEED:-0}  # parameter init and dropout (the data stream is the config's)
+  over=$over,seed=${KV_SEED:-0}  # parameter init and the step rng (the data stream is the config's)
   for n in 4 8 16; do
     mins=$(python3 -c "print(round($total / (2 if $n == 16 else 4), 2))")
     if ! python3 -c "import sys; sys.exit(not $mins > 0)"; then  # 0 would mean 'no limit'
