@@ -171,15 +171,16 @@ if ! kv_running; then
 fi
 
 smollm2_qa1() {  # $1: run name; $2: presets after smollm2,qa1; $3: minutes; $4: seconds to keep;
-  # $5: steps (default: the preset's 100k, i.e. minutes decide)
+  # $5: steps (default: the preset's, i.e. minutes decide)
   # One SmolLM2 run on bAbI QA1 with the schedule for minutes (50 warmup steps) and 500
   # validation questions every 150 steps, the same for GradMem and its baseline.
   log "SmolLM2 QA1, $1, for $3 min"
+  local steps=(); [ -n "${5:-}" ] && steps=(--config.train.max_steps="$5")
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "$(tmo "$4")" python3 -m experiments.babi \
     --config="configs/babi.py:smollm2,qa1,$2" --config.optim.warmup_steps=50 \
     --config.model.pretrained="$W/smollm2.gguf" --config.data.babi_dir="$PWD/.data/babi" \
     --config.data.n_val=500 --config.train.eval_every=150 --config.train.checkpoint_every=100000 \
-    --config.train.max_minutes="$3" --config.train.max_steps="${5:-100000}" \
+    --config.train.max_minutes="$3" ${steps[@]+"${steps[@]}"} \
     --workdir="$W/$1" > "$W/$1.log" 2>&1
   log "SmolLM2 $1 rc=$?"
   grep -E "eval step|^\| (best|final|steps)" "$W/$1.log" | tail -n 30
@@ -204,7 +205,7 @@ if [ "$have_gguf" = 1 ] && [ "${SMOLLM2_BASELINE_MINUTES:-0}" != 0 ]; then
   if python3 -c "import sys; sys.exit(not $minutes >= 1)"; then
     smollm2_qa1 smollm2_qa1_fc \
       full_context,memory.lora_rank=0,memory.freeze_backbone=False,lr=1e-4 "$minutes" 15 \
-      "${SMOLLM2_BASELINE_STEPS:-100000}"
+      "${SMOLLM2_BASELINE_STEPS:-}"
   else log "SmolLM2 baseline: $minutes min left is too little (loading and compiling take ~3.5)"; fi
 fi
 while kv_running && [ "$(left)" -gt 20 ]; do sleep 5; done

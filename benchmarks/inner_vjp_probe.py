@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from configs import kv_retrieval
 from gradmem_jax.memory import gradmem as gm
+from gradmem_jax.memory import ops
 from gradmem_jax.training import build_experiment, init_state, make_train_step
 from gradmem_jax.memory import outer_loss
 from gradmem_jax.training.evaluators import xla_cost
@@ -77,8 +78,7 @@ def patched(self, params, ctx_embeds, context, context_mask, rng, deterministic,
 
   g_and_loss.defvjp(fwd, bwd)
   grad, loss = g_and_loss(params, ctx_embeds, fast, (context, context_mask, step_rng))
-  gnorm = jnp.sqrt(sum(jnp.sum(x.reshape(x.shape[0], -1) ** 2, -1)
-                       for x in jax.tree_util.tree_leaves(grad)) + 1e-30)
+  gnorm = ops.safe_sqrt(ops.tree_sq_norm_per_sample(grad))  # as GradMem.inner_step
   fast = jax.tree_util.tree_map(lambda f, u: f - lr.astype(f.dtype) * u, fast, grad)
   return (fast, opt), (loss, gnorm)
 

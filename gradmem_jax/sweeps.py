@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -157,10 +158,7 @@ def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
     manifest = {'name': sweep.name, 'description': description, 'config': config_spec,
                 'base': sweep.base, 'figures': list(sweep.figures), 'init_from': init_from,
                 'points': points}
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(manifest, f, indent=2)
-    os.replace(tmp, path)
+    _write_json(path, manifest, tmp=f'{path}.{os.getpid()}.tmp')
 
 
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
@@ -223,9 +221,7 @@ def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) 
       continue
     rows = evaluate.evaluate_run(wd, ks)
     if len(rows) > 1 or len(ks) == 1:
-      with open(out + '.tmp', 'w') as f:
-        json.dump(rows, f, indent=2)
-      os.replace(out + '.tmp', out)
+      _write_json(out, rows)
       log(f'  {slug(p)}: evaluated with K_eval={list(ks)}')
 
 
@@ -260,15 +256,23 @@ def collect(sweep_dir: str) -> list[dict]:
 
 
 # What a report needs of a finished point: no checkpoints, best parameters or TensorBoard events.
-ARCHIVED_FILES = ('config.json', 'results.json', 'metrics.jsonl', 'k_extrapolation.json',
-                  'stdout.log')
+# results.json last: it marks a point finished, so an archive cut short leaves none that looks
+# finished without the rest.
+ARCHIVED_FILES = ('config.json', 'metrics.jsonl', 'k_extrapolation.json', 'stdout.log',
+                  'results.json')
+
+
+def _write_json(path: str, obj: Any, tmp: Optional[str] = None) -> None:
+  """Writes a whole file or none: to a temporary name, then renamed."""
+  tmp = tmp or path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
 
 
 def _copy_atomic(src: str, dst: str) -> None:
-  tmp = dst + '.tmp'
-  with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
-    fo.write(fi.read())
-  os.replace(tmp, dst)
+  shutil.copyfile(src, dst + '.tmp')
+  os.replace(dst + '.tmp', dst)
 
 
 def _read_manifest(path: str) -> Optional[dict]:
@@ -316,19 +320,15 @@ def archive(sweep_dir: str, out_dir: str) -> list[str]:
       slugs = {p['slug'] for p in new['points']}
       new['points'] = [p for p in old.get('points', []) if p['slug'] not in slugs] + new['points']
       new['init_from'] = {**old.get('init_from', {}), **new.get('init_from', {})}
-    with open(out_manifest + '.tmp', 'w') as f:
-      json.dump(new, f, indent=2)
-    os.replace(out_manifest + '.tmp', out_manifest)
+    _write_json(out_manifest, new)
   names = []
-  last = ('results.json',)  # the file that marks a point finished goes in last
-  order = [f for f in ARCHIVED_FILES if f not in last] + list(last)
   for name in sorted(os.listdir(sweep_dir)):
     src = os.path.join(sweep_dir, name)
     if not is_finished(src):
       continue
     dst = os.path.join(out_dir, name)
     os.makedirs(dst, exist_ok=True)
-    for f in order:
+    for f in ARCHIVED_FILES:
       if os.path.exists(os.path.join(src, f)):
         _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
       elif os.path.exists(os.path.join(dst, f)):

@@ -153,7 +153,8 @@ def flops_per_sample(exp: Experiment, params) -> dict:
 
   def count(f, *args):
     try:
-      return float(xla_cost(jax.jit(f).lower(*args).compile()).get('flops', 0.0))  # no 'flops' entry: nothing computed
+      # no 'flops' entry: nothing computed
+      return float(xla_cost(jax.jit(f).lower(*args).compile()).get('flops', 0.0))
     except Exception:  # noqa: BLE001 - informational only
       return float('nan')
 
