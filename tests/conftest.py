@@ -29,6 +29,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 #   in 3.3-3.9 s instead of 4.5-5.1 s, and test_grad_modes with test_batched_inner_loss_matches_vmap
 #   took 93 s instead of 140 s (2026-11-28). This one also moves some of XLA's fusion decisions
 #   (that program compiled to 14,117 lines of HLO instead of 14,242), so float rounding may differ.
+#   jaxlib 0.12.0.1 no longer knows the flag (its CPU backend has only the fusion emitters): there
+#   the probe below drops it and keeps level 0 (checked with Python 3.12.1).
 # The whole suite passes with them, its bit-identity checks included. Appended to the user's
 # XLA_FLAGS (the subprocesses inherit it); GRADMEM_TEST_XLA_OPT=1 keeps XLA's defaults. XLA aborts a
 # process on a flag it does not know, so each is asked first, in a subprocess, and a jaxlib that
