@@ -5,7 +5,12 @@ r"""Copies a sweep's finished results (no checkpoints) to a directory that can b
 
 Run directories hold checkpoints (megabytes per point) and live on the machine that ran them; a
 session's machine does not outlast it. The archive keeps what the reports read (config.json,
-results.json, metrics.jsonl, k_extrapolation.json, stdout.log and sweep.json; `sweeps.archive`),
+results.json, metrics.jsonl, k_extrapolation.json, stdout.log and sweep.json; `sweeps.archive`)
+and, for the points that another point starts from (curriculum sources), their best parameters
+(best/, about 0.6 MB for the default CPU model; `--best=all|none` for every point's or none).
+`python -m experiments.sweep ... --from_archive=ARCHIVE` copies the archived finished points
+that the sweep dir lacks back into it, so a later session continues a curriculum chain where
+the archive left it.
 so `experiments.claims` and `experiments.report` accept it as a sweep dir, `experiments.claims`
 also before a live one (`--sweep_dir=ARCHIVE,runs/claims_cpu --out=...`: the live run of a point
 replaces its archived copy). `experiments.babi_curriculum_table` does not: it evaluates each
@@ -21,12 +26,16 @@ from gradmem_jax import sweeps
 _SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'The sweep directory to archive.',
                                  required=True)
 _OUT = flags.DEFINE_string('out', None, 'The archive directory.', required=True)
+_BEST = flags.DEFINE_enum('best', 'sources', list(sweeps.ARCHIVE_BEST),
+                          'Also keep the best parameters (best/) of: the curriculum sources (a '
+                          'later session continues a chain from them: experiments.sweep '
+                          '--from_archive), every point, or none.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  names = sweeps.archive(_SWEEP_DIR.value, _OUT.value)
+  names = sweeps.archive(_SWEEP_DIR.value, _OUT.value, best=_BEST.value)
   print(f'archived {len(names)} finished points of {_SWEEP_DIR.value} to {_OUT.value}')
   for n in names:
     print(f'  {n}')

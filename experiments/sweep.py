@@ -18,6 +18,10 @@ _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file[:variant].', required=Tr
 _SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'Root directory of the sweep.', required=True)
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per point instead of running.')
 _REPORT = flags.DEFINE_bool('report', True, 'Write the report after running.')
+_FROM_ARCHIVE = flags.DEFINE_string(
+    'from_archive', None, 'An archive of this sweep (experiments.archive): its finished points '
+    'that the sweep dir lacks are copied in first, so they are skipped and the next curriculum '
+    'step starts from their archived best parameters.')
 _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point whose method '
                             'supports it with these K_eval values (k_extrapolation.json).')
 
@@ -29,6 +33,9 @@ def main(argv):
   sweeps.validate_points(_CONFIG.value, sweep)
   print(f'sweep {sweep.name}: {len(sweep.points)} points -> {_SWEEP_DIR.value}', flush=True)
   log = lambda s: print(s, flush=True)
+  if _FROM_ARCHIVE.value and not _DRY_RUN.value:
+    names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, log=log)
+    print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log)
   if _DRY_RUN.value:
     return

@@ -125,6 +125,12 @@ def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, 'results.json'))
 
 
+def has_params(workdir: str) -> bool:
+  """Whether a point's parameters are there (best/ or checkpoints/): a curriculum step starts
+  from them and K extrapolation evaluates them. A point restored from an archive may lack them."""
+  return any(os.path.isdir(os.path.join(workdir, d)) for d in ('best', 'checkpoints'))
+
+
 def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
   """Writes sweep.json. Variants of one sweep (same name and base, e.g. claims' `cpu_seed0` and
   `k1_seeds`) may share a dir: the manifest keeps the points of an earlier variant that have a
@@ -188,6 +194,12 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
           'did not finish')
       status.append({'slug': slug(p), 'status': f'blocked (source {source} unfinished)'})
       continue
+    if source and not has_params(os.path.join(sweep_dir, source)):
+      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, its curriculum source {source} has '
+          'no parameters (best/ or checkpoints/) here: it was restored from an archive that did '
+          'not keep them (experiments.archive keeps curriculum sources\' best/ by default)')
+      status.append({'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'})
+      continue
     cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
     elapsed = time.perf_counter() - t_sweep
     eta = ''
@@ -218,6 +230,10 @@ def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) 
     wd = os.path.join(sweep_dir, slug(p))
     out = os.path.join(wd, 'k_extrapolation.json')
     if not is_finished(wd) or os.path.exists(out):
+      continue
+    if not has_params(wd):
+      log(f'  {slug(p)}: not evaluated with K_eval, its parameters are not here (restored from '
+          'an archive without them)')
       continue
     rows = evaluate.evaluate_run(wd, ks)
     if len(rows) > 1 or len(ks) == 1:
@@ -275,6 +291,26 @@ def _copy_atomic(src: str, dst: str) -> None:
   os.replace(dst + '.tmp', dst)
 
 
+def _copy_tree_atomic(src: str, dst: str) -> None:
+  """Replaces the directory `dst` by a copy of `src`: copied under a temporary name, then
+  swapped in by renames, so `dst` is never a half-written copy."""
+  tmp, old = dst + '.tmp', dst + '.old'
+  for d in (tmp, old):
+    if os.path.isdir(d):
+      shutil.rmtree(d)
+  shutil.copytree(src, tmp)
+  if os.path.isdir(dst):
+    os.replace(dst, old)
+  os.replace(tmp, dst)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+# Which finished points' best parameters (best/, the best validation step: about 0.6 MB for the
+# default CPU model) an archive keeps: those another point starts from (curriculum sources, so a
+# later session can run the next step of a chain from the archive), every point's, or none.
+ARCHIVE_BEST = ('sources', 'all', 'none')
+
+
 def _read_manifest(path: str) -> Optional[dict]:
   if not os.path.exists(path):
     return None
@@ -286,11 +322,14 @@ def _read_manifest(path: str) -> Optional[dict]:
                      'experiments.sweep wrote') from None
 
 
-def archive(sweep_dir: str, out_dir: str) -> list[str]:
+def archive(sweep_dir: str, out_dir: str, best: str = 'sources') -> list[str]:
   """Copies what the reports read of every finished point (ARCHIVED_FILES) and sweep.json from
   `sweep_dir` to `out_dir`, a few hundred kB per point, small enough to commit: `collect`, the
   sweep report and `experiments.claims` read `out_dir` as they read the sweep dir, so results
-  outlive the machine whose run directories (with their checkpoints) they came from. Unfinished
+  outlive the machine whose run directories (with their checkpoints) they came from. With
+  `best` (ARCHIVE_BEST) also the best parameters (best/) of the points that are curriculum
+  sources in the merged sweep.json ('sources', the default), of every point ('all') or of none:
+  `restore` brings them back, so a later session can start the next step of a chain. Unfinished
   points are not copied (they have no results.json yet). A point already in `out_dir` is
   replaced by the sweep dir's copy (archived files the sweep dir's point lacks are removed);
   points in `out_dir` that `sweep_dir` lacks are kept, and sweep.json's points and curriculum
@@ -300,6 +339,8 @@ def archive(sweep_dir: str, out_dir: str) -> list[str]:
   `sweep_dir` itself. Each file is written to a temporary name and renamed, results.json last
   within a point and the manifest before the points, so an interrupted archive leaves whole
   files and no point that looks finished without its metrics. Returns the archived points."""
+  if best not in ARCHIVE_BEST:
+    raise ValueError(f'archive: best={best!r}; allowed: {", ".join(ARCHIVE_BEST)}')
   if not os.path.isdir(sweep_dir):
     raise FileNotFoundError(f'--sweep_dir {sweep_dir!r}: no such directory')
   if os.path.realpath(sweep_dir) == os.path.realpath(out_dir):
@@ -321,6 +362,7 @@ def archive(sweep_dir: str, out_dir: str) -> list[str]:
       new['points'] = [p for p in old.get('points', []) if p['slug'] not in slugs] + new['points']
       new['init_from'] = {**old.get('init_from', {}), **new.get('init_from', {})}
     _write_json(out_manifest, new)
+  sources = set((new or {}).get('init_from', {}).values())
   names = []
   for name in sorted(os.listdir(sweep_dir)):
     src = os.path.join(sweep_dir, name)
@@ -328,6 +370,12 @@ def archive(sweep_dir: str, out_dir: str) -> list[str]:
       continue
     dst = os.path.join(out_dir, name)
     os.makedirs(dst, exist_ok=True)
+    # best/ before results.json; an older copy's best/ goes with the rest of that copy
+    src_best, dst_best = os.path.join(src, 'best'), os.path.join(dst, 'best')
+    if os.path.isdir(src_best) and (best == 'all' or (best == 'sources' and name in sources)):
+      _copy_tree_atomic(src_best, dst_best)
+    elif os.path.isdir(dst_best):
+      shutil.rmtree(dst_best)
     for f in ARCHIVED_FILES:
       if os.path.exists(os.path.join(src, f)):
         _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
@@ -335,3 +383,40 @@ def archive(sweep_dir: str, out_dir: str) -> list[str]:
         os.remove(os.path.join(dst, f))  # an older copy's file that this run does not have
     names.append(name)
   return names
+
+
+def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, log=print) -> list[str]:
+  """Copies the points of `sweep` that `archive_dir` (an `archive` of the same sweep) holds
+  finished and `sweep_dir` has no directory for into `sweep_dir`, so that the sweep skips them
+  and the next step of a curriculum chain starts from their archived best/ (a point archived
+  without it blocks its successors, saying why). A point with a directory in `sweep_dir`, finished
+  or not, is left as it is: a live run is never replaced. Each point is copied under a temporary
+  name (in `sweep_dir`/.restoring) and renamed. Returns the restored points."""
+  manifest = _read_manifest(os.path.join(archive_dir, 'sweep.json'))
+  if manifest is None:
+    raise FileNotFoundError(f'--from_archive {archive_dir!r}: no sweep.json there (not an '
+                            'archive that experiments.archive wrote)')
+  if (manifest.get('name'), manifest.get('base')) != (sweep.name, sweep.base):
+    raise ValueError(
+        f'--from_archive {archive_dir!r} holds sweep {manifest.get("name")!r} (base '
+        f'{manifest.get("base")!r}), not {sweep.name!r} (base {sweep.base!r})')
+  os.makedirs(sweep_dir, exist_ok=True)
+  restored = []
+  for p in sweep.points:
+    name = slug(p)
+    src, dst = os.path.join(archive_dir, name), os.path.join(sweep_dir, name)
+    if not is_finished(src):
+      continue
+    if os.path.exists(dst):
+      if not is_finished(dst):
+        log(f'  {name}: finished in the archive, but {dst} holds an unfinished run; left as it is')
+      continue
+    # the temporary copy lives where nothing looks for points (a crash leaves no half point)
+    tmp = os.path.join(sweep_dir, '.restoring', name)
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
+    restored.append(name)
+  shutil.rmtree(os.path.join(sweep_dir, '.restoring'), ignore_errors=True)
+  return restored

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -44,6 +45,73 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   assert (sd / 'report.md').exists() and (sd / 'em_vs_K.png').stat().st_size > 0
   second = _run(args)
   assert second.count('finished, skipped') == 2 and ': running' not in second
+  # The machine goes; the archive (with every point's best parameters) comes back in a fresh
+  # sweep dir, and the parameters load as the run's own did.
+  from configs import kv_retrieval
+  from gradmem_jax.training import abstract_state, build_experiment
+  from gradmem_jax.training.checkpoint import load_params
+  abstract = abstract_state(build_experiment(kv_retrieval.get_config('tiny,max_steps=2')))[0]
+  want = load_params(str(sd / 'K=1'), abstract['params'])
+  sweeps.archive(str(sd), str(tmp_path / 'archive'), best='all')
+  shutil.rmtree(sd)
+  sd2 = tmp_path / 'sweep2'
+  third = _run(args[:-1] + [f'--sweep_dir={sd2}', f'--from_archive={tmp_path / "archive"}'])
+  assert 'restored 2 finished points' in third and third.count('finished, skipped') == 2
+  got = load_params(str(sd2 / 'K=1'), abstract['params'])
+  assert got[1] == want[1]  # the step and the metrics it was kept for
+  for a, b in zip(jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(want[0])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_path):
+  # Session 1 finished the chain's first step (n_pairs=2) and archived it; its machine is gone.
+  # Session 2 restores the archive into a new sweep dir and runs the next step from the archived
+  # best parameters. The module that trains does not exist here: a started point fails at once,
+  # so 'failed' means "started" and 'blocked' means "not started".
+  chain = sweeps.Sweep('chain', [{'n_pairs': 2}, {'n_pairs': 4}, {'n_pairs': 8}], base='tiny',
+                       init_from={'n_pairs=4': 'n_pairs=2', 'n_pairs=8': 'n_pairs=4'})
+  sd, out = tmp_path / 'runs', tmp_path / 'archive'
+  sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', chain)
+  for name in ('n_pairs=2', 'n_pairs=4'):
+    os.makedirs(sd / name / 'best' / '100' / 'params')
+    (sd / name / 'best' / '100' / 'params' / 'data').write_bytes(name.encode())
+    os.makedirs(sd / name / 'checkpoints' / '100')
+    (sd / name / 'results.json').write_text(json.dumps({'best': {'em': 0.5}}))
+  assert sweeps.archive(str(sd), str(out)) == ['n_pairs=2', 'n_pairs=4']
+  for name in ('n_pairs=2', 'n_pairs=4'):  # both are sources: their best/, never checkpoints/
+    assert sorted(os.listdir(out / name)) == ['best', 'results.json']
+    assert (out / name / 'best' / '100' / 'params' / 'data').read_bytes() == name.encode()
+  shutil.rmtree(sd)
+  sd2 = tmp_path / 'runs2'
+  os.makedirs(sd2 / 'n_pairs=4')  # a live, unfinished run of a point: never replaced
+  logs = []
+  assert sweeps.restore(str(out), str(sd2), chain, log=logs.append) == ['n_pairs=2']
+  assert 'holds an unfinished run; left as it is' in logs[0]
+  assert sorted(os.listdir(sd2)) == ['n_pairs=2', 'n_pairs=4']  # no temporary copy left
+  assert (sd2 / 'n_pairs=2' / 'best' / '100' / 'params' / 'data').read_bytes() == b'n_pairs=2'
+  run = lambda d: [s['status'] for s in sweeps.run_sweep(
+      'configs/kv_retrieval.py', chain, str(d), module='experiments.no_such_module',
+      log=lambda _: None, cwd=ROOT)]
+  assert run(sd2)[:2] == ['skipped', 'failed (exit 1)']  # n_pairs=4 started, from the archive
+  # An archive without best parameters restores the results, but the chain cannot go on: the
+  # next point is not started, and says why; K extrapolation skips the point the same way.
+  sweeps.archive(str(sd2), str(tmp_path / 'bare'), best='none')
+  assert os.listdir(tmp_path / 'bare' / 'n_pairs=2') == ['results.json']
+  sd3 = tmp_path / 'runs3'
+  sweeps.restore(str(tmp_path / 'bare'), str(sd3), chain)
+  assert run(sd3)[:2] == ['skipped', 'blocked (source n_pairs=2 has no parameters)']
+  logs = []
+  sweeps.evaluate_points(chain, str(sd3), [1, 2], log=logs.append)
+  assert 'not evaluated with K_eval' in logs[0]
+  # A later archive without best/ also drops an older copy's; a wrong value or sweep is refused.
+  sweeps.archive(str(sd2), str(out), best='none')
+  assert not (out / 'n_pairs=2' / 'best').exists()
+  with pytest.raises(ValueError, match="best='some'; allowed: sources, all, none"):
+    sweeps.archive(str(sd2), str(out), best='some')
+  with pytest.raises(ValueError, match="holds sweep 'chain' .*not 'other'"):
+    sweeps.restore(str(out), str(sd3), sweeps.Sweep('other', [{'n_pairs': 2}], base='tiny'))
+  with pytest.raises(FileNotFoundError, match='no sweep.json there'):
+    sweeps.restore(str(sd3 / 'n_pairs=2'), str(sd3), chain)
 
 
 def test_variants_sharing_a_dir_keep_each_others_points_in_the_manifest(tmp_path):
