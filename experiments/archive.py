@@ -1,21 +1,20 @@
-r"""Copies a sweep's finished results (no checkpoints) to a directory that can be committed.
+r"""Copies a sweep's finished results to a directory that can be committed.
 
   python -m experiments.archive --sweep_dir=runs/claims_cpu \
       --out=benchmarks/results/runs/claims_cpu
 
 Run directories hold checkpoints (megabytes per point) and live on the machine that ran them; a
 session's machine does not outlast it. The archive keeps what the reports read (config.json,
-results.json, metrics.jsonl, k_extrapolation.json, stdout.log and sweep.json; `sweeps.archive`)
-and, for the points that another point starts from (curriculum sources), their best parameters
-(best/, about 0.6 MB for the default CPU model; `--best=all|none` for every point's or none).
-`python -m experiments.sweep ... --from_archive=ARCHIVE` copies the archived finished points
-that the sweep dir lacks back into it, so a later session continues a curriculum chain where
-the archive left it.
+results.json, metrics.jsonl, k_extrapolation.json, stdout.log and sweep.json; `sweeps.archive`),
 so `experiments.claims` and `experiments.report` accept it as a sweep dir, `experiments.claims`
 also before a live one (`--sweep_dir=ARCHIVE,runs/claims_cpu --out=...`: the live run of a point
-replaces its archived copy). `experiments.babi_curriculum_table` does not: it evaluates each
-task's final stage on the test split, which needs the checkpoints. Rerunning the archive updates
-it; points archived earlier that the sweep dir no longer has stay.
+replaces its archived copy). No checkpoints, but the best parameters (best/, about 0.6 MB for the
+default CPU model) of the points of curriculum chains (`--best=all|none`: every point's, or
+none): `python -m experiments.sweep ... --from_archive=ARCHIVE` copies the archived finished
+points that the sweep dir lacks back into it, so a later session continues a chain where the
+archive left it. `experiments.babi_curriculum_table` does not read an archive: it evaluates each
+task's final stage on the test split, which needs the final stages' parameters. Rerunning the
+archive updates it; points archived earlier that the sweep dir no longer has stay.
 """
 from __future__ import annotations
 
@@ -26,10 +25,10 @@ from gradmem_jax import sweeps
 _SWEEP_DIR = flags.DEFINE_string('sweep_dir', None, 'The sweep directory to archive.',
                                  required=True)
 _OUT = flags.DEFINE_string('out', None, 'The archive directory.', required=True)
-_BEST = flags.DEFINE_enum('best', 'sources', list(sweeps.ARCHIVE_BEST),
-                          'Also keep the best parameters (best/) of: the curriculum sources (a '
-                          'later session continues a chain from them: experiments.sweep '
-                          '--from_archive), every point, or none.')
+_BEST = flags.DEFINE_enum('best', 'curriculum', list(sweeps.ARCHIVE_BEST),
+                          'Also keep the best parameters (best/) of: the points of curriculum '
+                          'chains (a later session continues a chain from them: '
+                          'experiments.sweep --from_archive), every point, or none.')
 
 
 def main(argv):

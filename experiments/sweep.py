@@ -33,8 +33,10 @@ def main(argv):
   sweeps.validate_points(_CONFIG.value, sweep)
   print(f'sweep {sweep.name}: {len(sweep.points)} points -> {_SWEEP_DIR.value}', flush=True)
   log = lambda s: print(s, flush=True)
-  if _FROM_ARCHIVE.value and not _DRY_RUN.value:
-    names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, log=log)
+  if _FROM_ARCHIVE.value and _DRY_RUN.value:
+    print(f'--dry_run: nothing restored from {_FROM_ARCHIVE.value}', flush=True)
+  elif _FROM_ARCHIVE.value:
+    names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, _CONFIG.value, log=log)
     print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log)
   if _DRY_RUN.value:

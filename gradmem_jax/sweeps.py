@@ -10,6 +10,7 @@ or TPU-pod queue.
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any, Iterable, Optional, Sequence
@@ -126,9 +128,14 @@ def is_finished(workdir: str) -> bool:
 
 
 def has_params(workdir: str) -> bool:
-  """Whether a point's parameters are there (best/ or checkpoints/): a curriculum step starts
-  from them and K extrapolation evaluates them. A point restored from an archive may lack them."""
-  return any(os.path.isdir(os.path.join(workdir, d)) for d in ('best', 'checkpoints'))
+  """Whether a point's parameters are there (a step directory under best/ or checkpoints/): a
+  curriculum step starts from them and K extrapolation evaluates them. A point restored from an
+  archive may lack them."""
+  for d in ('best', 'checkpoints'):
+    path = os.path.join(workdir, d)
+    if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
+      return True
+  return False
 
 
 def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
@@ -293,8 +300,11 @@ def _copy_atomic(src: str, dst: str) -> None:
 
 def _copy_tree_atomic(src: str, dst: str) -> None:
   """Replaces the directory `dst` by a copy of `src`: copied under a temporary name, then
-  swapped in by renames, so `dst` is never a half-written copy."""
+  swapped in by renames, so `dst` is never a half-written copy (a crash between the renames
+  leaves `dst`.old, which the next call puts back before anything else)."""
   tmp, old = dst + '.tmp', dst + '.old'
+  if os.path.isdir(old) and not os.path.isdir(dst):
+    os.replace(old, dst)
   for d in (tmp, old):
     if os.path.isdir(d):
       shutil.rmtree(d)
@@ -305,10 +315,25 @@ def _copy_tree_atomic(src: str, dst: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_tree(path: str) -> None:
+  """Removes a directory by renaming it first, so it is gone or whole, never half removed."""
+  if os.path.isdir(path):
+    gone = path + '.old'
+    if os.path.isdir(gone):
+      shutil.rmtree(gone)
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _same_file(a: str, b: str) -> bool:
+  return os.path.exists(a) and os.path.exists(b) and filecmp.cmp(a, b, shallow=False)
+
+
 # Which finished points' best parameters (best/, the best validation step: about 0.6 MB for the
-# default CPU model) an archive keeps: those another point starts from (curriculum sources, so a
-# later session can run the next step of a chain from the archive), every point's, or none.
-ARCHIVE_BEST = ('sources', 'all', 'none')
+# default CPU model) an archive keeps: every point of a curriculum chain (a point another starts
+# from, or one that starts from another: a fuller variant of the sweep may continue from it, as
+# claims' `cpu` continues the N = 4 points of `k2_seeds` at N = 8), every point's, or none.
+ARCHIVE_BEST = ('curriculum', 'all', 'none')
 
 
 def _read_manifest(path: str) -> Optional[dict]:
@@ -322,14 +347,16 @@ def _read_manifest(path: str) -> Optional[dict]:
                      'experiments.sweep wrote') from None
 
 
-def archive(sweep_dir: str, out_dir: str, best: str = 'sources') -> list[str]:
+def archive(sweep_dir: str, out_dir: str, best: str = 'curriculum') -> list[str]:
   """Copies what the reports read of every finished point (ARCHIVED_FILES) and sweep.json from
   `sweep_dir` to `out_dir`, a few hundred kB per point, small enough to commit: `collect`, the
   sweep report and `experiments.claims` read `out_dir` as they read the sweep dir, so results
   outlive the machine whose run directories (with their checkpoints) they came from. With
-  `best` (ARCHIVE_BEST) also the best parameters (best/) of the points that are curriculum
-  sources in the merged sweep.json ('sources', the default), of every point ('all') or of none:
-  `restore` brings them back, so a later session can start the next step of a chain. Unfinished
+  `best` (ARCHIVE_BEST) also the best parameters (best/, about 0.6 MB more for the default CPU
+  model) of the points of a curriculum chain in the merged sweep.json ('curriculum', the
+  default), of every point ('all') or of none: `restore` brings them back, so a later session
+  can start the next step of a chain. An archived best/ of a point that has not run again is
+  kept unless `best` is 'none'. Unfinished
   points are not copied (they have no results.json yet). A point already in `out_dir` is
   replaced by the sweep dir's copy (archived files the sweep dir's point lacks are removed);
   points in `out_dir` that `sweep_dir` lacks are kept, and sweep.json's points and curriculum
@@ -362,7 +389,8 @@ def archive(sweep_dir: str, out_dir: str, best: str = 'sources') -> list[str]:
       new['points'] = [p for p in old.get('points', []) if p['slug'] not in slugs] + new['points']
       new['init_from'] = {**old.get('init_from', {}), **new.get('init_from', {})}
     _write_json(out_manifest, new)
-  sources = set((new or {}).get('init_from', {}).values())
+  chains = (new or {}).get('init_from', {})
+  in_chain = set(chains) | set(chains.values())
   names = []
   for name in sorted(os.listdir(sweep_dir)):
     src = os.path.join(sweep_dir, name)
@@ -370,12 +398,15 @@ def archive(sweep_dir: str, out_dir: str, best: str = 'sources') -> list[str]:
       continue
     dst = os.path.join(out_dir, name)
     os.makedirs(dst, exist_ok=True)
-    # best/ before results.json; an older copy's best/ goes with the rest of that copy
+    # best/ before results.json. An archived best/ stays with its own run: it goes when the
+    # point ran again (another results.json) or when none is asked for.
     src_best, dst_best = os.path.join(src, 'best'), os.path.join(dst, 'best')
-    if os.path.isdir(src_best) and (best == 'all' or (best == 'sources' and name in sources)):
+    same_run = _same_file(os.path.join(src, 'results.json'), os.path.join(dst, 'results.json'))
+    if has_params(src) and os.path.isdir(src_best) and (
+        best == 'all' or (best == 'curriculum' and name in in_chain)):
       _copy_tree_atomic(src_best, dst_best)
-    elif os.path.isdir(dst_best):
-      shutil.rmtree(dst_best)
+    elif best == 'none' or not same_run:
+      _remove_tree(dst_best)
     for f in ARCHIVED_FILES:
       if os.path.exists(os.path.join(src, f)):
         _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
@@ -385,13 +416,22 @@ def archive(sweep_dir: str, out_dir: str, best: str = 'sources') -> list[str]:
   return names
 
 
-def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, log=print) -> list[str]:
-  """Copies the points of `sweep` that `archive_dir` (an `archive` of the same sweep) holds
-  finished and `sweep_dir` has no directory for into `sweep_dir`, so that the sweep skips them
-  and the next step of a curriculum chain starts from their archived best/ (a point archived
-  without it blocks its successors, saying why). A point with a directory in `sweep_dir`, finished
-  or not, is left as it is: a live run is never replaced. Each point is copied under a temporary
-  name (in `sweep_dir`/.restoring) and renamed. Returns the restored points."""
+def _config_key(config_spec: str) -> tuple[str, str]:
+  path, _, arg = str(config_spec).partition(':')
+  return os.path.basename(path), arg
+
+
+def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
+            log=print) -> list[str]:
+  """Copies the points of `sweep` that `archive_dir` (an `archive` of the same sweep and config)
+  holds finished and `sweep_dir` has no directory for into `sweep_dir` (what `archive` keeps:
+  ARCHIVED_FILES and best/), so that the sweep skips them and the next step of a curriculum
+  chain starts from their archived best/. A point archived without parameters that an unfinished
+  point starts from (directly, or through points that must run again for the same reason) is
+  not restored: it runs again, and says so. A point with a directory in `sweep_dir`, finished or
+  not, is left as it is: a live run is never replaced. Each point is copied under a temporary
+  name of this process (`sweep_dir`/.restoring-*) and renamed; a point that another process
+  restored meanwhile is left to it. Returns the restored points."""
   manifest = _read_manifest(os.path.join(archive_dir, 'sweep.json'))
   if manifest is None:
     raise FileNotFoundError(f'--from_archive {archive_dir!r}: no sweep.json there (not an '
@@ -400,23 +440,57 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, log=print) -> list[s
     raise ValueError(
         f'--from_archive {archive_dir!r} holds sweep {manifest.get("name")!r} (base '
         f'{manifest.get("base")!r}), not {sweep.name!r} (base {sweep.base!r})')
+  if manifest.get('config') and _config_key(manifest['config']) != _config_key(config_spec):
+    raise ValueError(f'--from_archive {archive_dir!r} ran with --config={manifest["config"]}, not '
+                     f'{config_spec}: its points are other runs')
+  names = [slug(p) for p in sweep.points]
+  live = lambda n: is_finished(os.path.join(sweep_dir, n))
+  archived = {n for n in names if is_finished(os.path.join(archive_dir, n))}
+  # Points that will run: unfinished here and not restorable (not in the archive, or a live run
+  # of it is here), and (growing) the archived sources without parameters that those start from.
+  to_run = {n for n in names if not live(n) and (
+      n not in archived or os.path.exists(os.path.join(sweep_dir, n)))}
+  rerun, grew = set(), True
+  while grew:
+    grew = False
+    for n in sorted(to_run | rerun):
+      source = sweep.init_from.get(n)
+      if (source in archived and source not in rerun and not live(source)
+          and not has_params(os.path.join(archive_dir, source))):
+        rerun.add(source)
+        grew = True
+  import fcntl  # POSIX, as in write_manifest
   os.makedirs(sweep_dir, exist_ok=True)
   restored = []
-  for p in sweep.points:
-    name = slug(p)
-    src, dst = os.path.join(archive_dir, name), os.path.join(sweep_dir, name)
-    if not is_finished(src):
-      continue
-    if os.path.exists(dst):
-      if not is_finished(dst):
-        log(f'  {name}: finished in the archive, but {dst} holds an unfinished run; left as it is')
-      continue
-    # the temporary copy lives where nothing looks for points (a crash leaves no half point)
-    tmp = os.path.join(sweep_dir, '.restoring', name)
-    if os.path.isdir(tmp):
-      shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    os.replace(tmp, dst)
-    restored.append(name)
-  shutil.rmtree(os.path.join(sweep_dir, '.restoring'), ignore_errors=True)
+  # The manifest's lock: two sweeps restoring into one dir take turns.
+  with open(os.path.join(sweep_dir, 'sweep.json.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    tmp_root = tempfile.mkdtemp(prefix='.restoring-', dir=sweep_dir)  # no point is named so
+    try:
+      for name in names:
+        src, dst = os.path.join(archive_dir, name), os.path.join(sweep_dir, name)
+        if name not in archived:
+          continue
+        if os.path.exists(dst):
+          if not is_finished(dst):
+            log(f'  {name}: finished in the archive, but {dst} holds an unfinished run; left '
+                'as it is')
+          continue
+        if name in rerun:
+          log(f'  {name}: not restored, the archive has no parameters of it and a point to run '
+              'starts from it; it runs again')
+          continue
+        tmp = os.path.join(tmp_root, name)
+        os.makedirs(tmp)
+        if os.path.isdir(os.path.join(src, 'best')):
+          shutil.copytree(os.path.join(src, 'best'), os.path.join(tmp, 'best'))
+        for f in ARCHIVED_FILES:  # results.json last
+          if os.path.exists(os.path.join(src, f)):
+            shutil.copyfile(os.path.join(src, f), os.path.join(tmp, f))
+        if os.path.exists(dst):  # a sweep without --from_archive started this point meanwhile
+          continue
+        os.rename(tmp, dst)
+        restored.append(name)
+    finally:
+      shutil.rmtree(tmp_root, ignore_errors=True)
   return restored

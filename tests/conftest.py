@@ -48,10 +48,13 @@ def _xla_accepts(flags: str) -> bool:
     return False
 
 
-if os.environ.get('GRADMEM_TEST_XLA_OPT') != '1':
+# Probed once, in the controller: the xdist workers inherit its environment and the marker.
+if (os.environ.get('GRADMEM_TEST_XLA_OPT') != '1'
+    and os.environ.get('GRADMEM_TEST_XLA_PROBED') != '1'):
+  os.environ['GRADMEM_TEST_XLA_PROBED'] = '1'
   _user = os.environ.get('XLA_FLAGS', '')
   # a setting the user chose (any value) is kept; all at once first, one by one if refused
-  _wanted = [f for f in _FAST_COMPILE if f.split('=')[0] not in _user]
+  _wanted = [f for f in _FAST_COMPILE if f.split('=')[0].lstrip('-') not in _user]
   _joined = (_user + ' ' + ' '.join(_wanted)).strip()
   if _wanted and _xla_accepts(_joined):
     os.environ['XLA_FLAGS'] = _joined

@@ -64,54 +64,91 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
 
 
 def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_path):
-  # Session 1 finished the chain's first step (n_pairs=2) and archived it; its machine is gone.
-  # Session 2 restores the archive into a new sweep dir and runs the next step from the archived
-  # best parameters. The module that trains does not exist here: a started point fails at once,
-  # so 'failed' means "started" and 'blocked' means "not started".
-  chain = sweeps.Sweep('chain', [{'n_pairs': 2}, {'n_pairs': 4}, {'n_pairs': 8}], base='tiny',
-                       init_from={'n_pairs=4': 'n_pairs=2', 'n_pairs=8': 'n_pairs=4'})
+  # Session 1 ran the chain's first two steps (n_pairs=2, 4) and a point of no chain, and archived
+  # them; its machine is gone. Session 2 restores the archive into a new sweep dir and runs the
+  # chain's next step from the archived best parameters. The module that trains does not exist
+  # here: a started point fails at once, so 'failed' means "started" and 'blocked' "not started".
+  chain = sweeps.Sweep('chain', [{'n_pairs': 2}, {'n_pairs': 4}, {'n_pairs': 8}, {'n_pairs': 3}],
+                       base='tiny', init_from={'n_pairs=4': 'n_pairs=2', 'n_pairs=8': 'n_pairs=4'})
+  # session 1 ran a variant that stops at n_pairs=4: its manifest does not know n_pairs=8
+  part = sweeps.Sweep('chain', chain.points[:2] + chain.points[3:], base='tiny',
+                      init_from={'n_pairs=4': 'n_pairs=2'})
   sd, out = tmp_path / 'runs', tmp_path / 'archive'
-  sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', chain)
+  sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', part)
+
+  def finish(d, name, content):
+    os.makedirs(d / name / 'best' / '100' / 'params', exist_ok=True)
+    (d / name / 'best' / '100' / 'params' / 'data').write_bytes(content)
+    os.makedirs(d / name / 'checkpoints' / '100', exist_ok=True)
+    (d / name / 'results.json').write_text(json.dumps({'best': {'em': len(content)}}))
+
+  for name in ('n_pairs=2', 'n_pairs=4', 'n_pairs=3'):
+    finish(sd, name, name.encode())
+  assert sweeps.archive(str(sd), str(out)) == ['n_pairs=2', 'n_pairs=3', 'n_pairs=4']
+  # Both points of the chain keep best/ (n_pairs=4 too: a fuller variant continues from it),
+  # the point of no chain does not, and no point keeps checkpoints/.
   for name in ('n_pairs=2', 'n_pairs=4'):
-    os.makedirs(sd / name / 'best' / '100' / 'params')
-    (sd / name / 'best' / '100' / 'params' / 'data').write_bytes(name.encode())
-    os.makedirs(sd / name / 'checkpoints' / '100')
-    (sd / name / 'results.json').write_text(json.dumps({'best': {'em': 0.5}}))
-  assert sweeps.archive(str(sd), str(out)) == ['n_pairs=2', 'n_pairs=4']
-  for name in ('n_pairs=2', 'n_pairs=4'):  # both are sources: their best/, never checkpoints/
     assert sorted(os.listdir(out / name)) == ['best', 'results.json']
     assert (out / name / 'best' / '100' / 'params' / 'data').read_bytes() == name.encode()
+  assert os.listdir(out / 'n_pairs=3') == ['results.json']
+  # Archiving a point again replaces its best/ (a rerun's) and keeps an unchanged point's even
+  # when not asked for it (archived with 'all' once, then with the default).
+  finish(sd, 'n_pairs=2', b'rerun')
+  sweeps.archive(str(sd), str(out), best='all')
+  assert (out / 'n_pairs=2' / 'best' / '100' / 'params' / 'data').read_bytes() == b'rerun'
+  sweeps.archive(str(sd), str(out))
+  assert os.path.isdir(out / 'n_pairs=3' / 'best')
+  assert not [n for n in os.listdir(out / 'n_pairs=2') if n.endswith(('.tmp', '.old'))]
   shutil.rmtree(sd)
+
   sd2 = tmp_path / 'runs2'
-  os.makedirs(sd2 / 'n_pairs=4')  # a live, unfinished run of a point: never replaced
+  os.makedirs(sd2 / 'n_pairs=3')  # a live, unfinished run of a point: never replaced
   logs = []
-  assert sweeps.restore(str(out), str(sd2), chain, log=logs.append) == ['n_pairs=2']
+  restore = lambda a, d: sweeps.restore(str(a), str(d), chain, 'configs/kv_retrieval.py',
+                                        log=logs.append)
+  assert restore(out, sd2) == ['n_pairs=2', 'n_pairs=4']
   assert 'holds an unfinished run; left as it is' in logs[0]
-  assert sorted(os.listdir(sd2)) == ['n_pairs=2', 'n_pairs=4']  # no temporary copy left
-  assert (sd2 / 'n_pairs=2' / 'best' / '100' / 'params' / 'data').read_bytes() == b'n_pairs=2'
-  run = lambda d: [s['status'] for s in sweeps.run_sweep(
+  assert sorted(os.listdir(sd2)) == ['n_pairs=2', 'n_pairs=3', 'n_pairs=4', 'sweep.json.lock']
+  assert (sd2 / 'n_pairs=4' / 'best' / '100' / 'params' / 'data').read_bytes() == b'n_pairs=4'
+  run = lambda d: {s['slug']: s['status'] for s in sweeps.run_sweep(
       'configs/kv_retrieval.py', chain, str(d), module='experiments.no_such_module',
-      log=lambda _: None, cwd=ROOT)]
-  assert run(sd2)[:2] == ['skipped', 'failed (exit 1)']  # n_pairs=4 started, from the archive
-  # An archive without best parameters restores the results, but the chain cannot go on: the
-  # next point is not started, and says why; K extrapolation skips the point the same way.
-  sweeps.archive(str(sd2), str(tmp_path / 'bare'), best='none')
-  assert os.listdir(tmp_path / 'bare' / 'n_pairs=2') == ['results.json']
-  sd3 = tmp_path / 'runs3'
-  sweeps.restore(str(tmp_path / 'bare'), str(sd3), chain)
-  assert run(sd3)[:2] == ['skipped', 'blocked (source n_pairs=2 has no parameters)']
+      log=lambda _: None, cwd=ROOT)}
+  assert run(sd2) == {'n_pairs=2': 'skipped', 'n_pairs=4': 'skipped',
+                      'n_pairs=8': 'failed (exit 1)', 'n_pairs=3': 'failed (exit 1)'}
+
+  # An archive without parameters: a point that a point to run starts from is not restored (it
+  # runs again), and neither is its own source, for the same reason; the rest is restored.
+  bare = tmp_path / 'bare'
+  sweeps.archive(str(sd2), str(bare), best='none')
+  assert sorted(os.listdir(bare / 'n_pairs=2')) == ['results.json']
   logs = []
-  sweeps.evaluate_points(chain, str(sd3), [1, 2], log=logs.append)
-  assert 'not evaluated with K_eval' in logs[0]
-  # A later archive without best/ also drops an older copy's; a wrong value or sweep is refused.
+  assert restore(bare, tmp_path / 'runs3') == []  # n_pairs=3 unfinished in sd2: not archived
+  assert [l.split(':')[0].strip() for l in logs] == ['n_pairs=2', 'n_pairs=4']
+  assert all('runs again' in l for l in logs)
+  # Without the points that need them, such points are restored: K extrapolation then skips
+  # them, and a point that starts from one is blocked, saying why.
+  sd4 = tmp_path / 'runs4'
+  finish(sd4, 'n_pairs=8', b'8')
+  shutil.rmtree(sd4 / 'n_pairs=8' / 'best')
+  shutil.rmtree(sd4 / 'n_pairs=8' / 'checkpoints')
+  assert restore(bare, sd4) == ['n_pairs=2', 'n_pairs=4']
+  logs = []
+  sweeps.evaluate_points(chain, str(sd4), [1, 2], log=logs.append)
+  assert len(logs) == 3 and all('not evaluated with K_eval' in l for l in logs)
+  shutil.rmtree(sd4 / 'n_pairs=8')
+  assert run(sd4)['n_pairs=8'] == 'blocked (source n_pairs=4 has no parameters)'
+  # Archived with 'none', an archived best/ goes; a wrong value, sweep or config is refused.
   sweeps.archive(str(sd2), str(out), best='none')
   assert not (out / 'n_pairs=2' / 'best').exists()
-  with pytest.raises(ValueError, match="best='some'; allowed: sources, all, none"):
+  with pytest.raises(ValueError, match="best='some'; allowed: curriculum, all, none"):
     sweeps.archive(str(sd2), str(out), best='some')
   with pytest.raises(ValueError, match="holds sweep 'chain' .*not 'other'"):
-    sweeps.restore(str(out), str(sd3), sweeps.Sweep('other', [{'n_pairs': 2}], base='tiny'))
+    sweeps.restore(str(out), str(sd2), sweeps.Sweep('other', [{'n_pairs': 2}], base='tiny'),
+                   'configs/kv_retrieval.py')
+  with pytest.raises(ValueError, match='ran with --config=configs/kv_retrieval.py, not'):
+    sweeps.restore(str(out), str(sd2), chain, 'configs/babi.py')
   with pytest.raises(FileNotFoundError, match='no sweep.json there'):
-    sweeps.restore(str(sd3 / 'n_pairs=2'), str(sd3), chain)
+    sweeps.restore(str(sd2 / 'n_pairs=2'), str(sd2), chain, 'configs/kv_retrieval.py')
 
 
 def test_variants_sharing_a_dir_keep_each_others_points_in_the_manifest(tmp_path):
