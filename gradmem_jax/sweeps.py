@@ -9,6 +9,7 @@ or TPU-pod queue.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import filecmp
 import itertools
@@ -138,19 +139,26 @@ def has_params(workdir: str) -> bool:
   return False
 
 
+@contextlib.contextmanager
+def _sweep_dir_lock(sweep_dir: str):
+  """The sweep dir's lock (sweep.json.lock): sweeps sharing a dir take turns to change it."""
+  import fcntl  # POSIX; imported here so that the module imports anywhere
+  os.makedirs(sweep_dir, exist_ok=True)
+  with open(os.path.join(sweep_dir, 'sweep.json.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
+
+
 def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
   """Writes sweep.json. Variants of one sweep (same name and base, e.g. claims' `cpu_seed0` and
   `k1_seeds`) may share a dir: the manifest keeps the points of an earlier variant that have a
   run directory there, so the report still finds their overrides. Points never started are not
   kept (an edited sweep leaves no stale entries), nor is anything of another sweep or base. The
   read-merge-write holds a lock, so two sweeps starting together both keep their points."""
-  import fcntl  # POSIX; imported here so that the module imports anywhere
-  os.makedirs(sweep_dir, exist_ok=True)
   path = os.path.join(sweep_dir, 'sweep.json')
   points = [{'slug': slug(p), 'overrides': p} for p in sweep.points]
   init_from, description = dict(sweep.init_from), sweep.description
-  with open(os.path.join(sweep_dir, 'sweep.json.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with _sweep_dir_lock(sweep_dir):
     old = None
     if os.path.exists(path):
       try:
@@ -204,7 +212,7 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     if source and not has_params(os.path.join(sweep_dir, source)):
       log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, its curriculum source {source} has '
           'no parameters (best/ or checkpoints/) here: it was restored from an archive that did '
-          'not keep them (experiments.archive keeps curriculum sources\' best/ by default)')
+          'not keep them (experiments.archive keeps those of curriculum chains by default)')
       status.append({'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'})
       continue
     cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
@@ -450,21 +458,15 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
   # of it is here), and (growing) the archived sources without parameters that those start from.
   to_run = {n for n in names if not live(n) and (
       n not in archived or os.path.exists(os.path.join(sweep_dir, n)))}
-  rerun, grew = set(), True
-  while grew:
-    grew = False
-    for n in sorted(to_run | rerun):
-      source = sweep.init_from.get(n)
-      if (source in archived and source not in rerun and not live(source)
-          and not has_params(os.path.join(archive_dir, source))):
-        rerun.add(source)
-        grew = True
-  import fcntl  # POSIX, as in write_manifest
-  os.makedirs(sweep_dir, exist_ok=True)
+  rerun = set()
+  for n in to_run:  # back along its chain while a source has no archived parameters
+    source = sweep.init_from.get(n)
+    while (source in archived and source not in rerun and not live(source)
+           and not has_params(os.path.join(archive_dir, source))):
+      rerun.add(source)
+      source = sweep.init_from.get(source)
   restored = []
-  # The manifest's lock: two sweeps restoring into one dir take turns.
-  with open(os.path.join(sweep_dir, 'sweep.json.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with _sweep_dir_lock(sweep_dir):  # two sweeps restoring into one dir take turns
     tmp_root = tempfile.mkdtemp(prefix='.restoring-', dir=sweep_dir)  # no point is named so
     try:
       for name in names:
