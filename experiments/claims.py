@@ -7,6 +7,12 @@ numbers, and the EM-vs-N figure (gradmem_jax/claims.py says how a claim is judge
   python -m experiments.claims --sweep_dir=runs/claims_tune --tuning   # the grid and TUNED
   python -m experiments.claims --sweep_dir=runs/claims_cpu,runs/claims_equal_budget \
       --out=benchmarks/results/claims_equal_budget   # overlay: the later dir's runs replace
+  python -m experiments.claims \
+      --sweep_dir=benchmarks/results/claims_cpu/runs.csv,runs/claims_cpu \
+      --out=benchmarks/results/claims_cpu   # a committed ledger plus the runs since
+
+Each report also writes runs.csv, one row per run behind it. A --sweep_dir entry may be such a
+ledger instead of a directory: run directories do not always outlive a machine, a ledger does.
 
 Unfinished points are left out (each cell says how many seeds it has), so it can be rerun while a
 sweep is still going.
@@ -17,11 +23,12 @@ import os
 
 from absl import app, flags
 
-from gradmem_jax import claims, sweeps
+from gradmem_jax import claims
 
 _SWEEP_DIR = flags.DEFINE_list(
-    'sweep_dir', None, 'Claims sweep directory, or several, comma-separated: a run of a later '
-    'directory replaces the earlier ones\' runs of the same method, N and seed.', required=True)
+    'sweep_dir', None, 'Claims sweep directory (or archive, or runs.csv ledger), or several, '
+    'comma-separated: a run of a later one replaces the earlier ones\' runs of the same method, N '
+    'and seed.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep directory).')
 _TITLE = flags.DEFINE_string('title', 'KV claims', 'Report title.')
 _TUNING = flags.DEFINE_bool('tuning', False, 'The sweep is the fairness grid (claims.py:tune): '
@@ -37,13 +44,24 @@ def main(argv):
   if len(dirs) > 1 and not _OUT.value:
     raise app.UsageError('--out is required with several --sweep_dir (the report mixes their '
                          'runs, so it belongs to none of them)')
+  if any(os.path.isfile(d) for d in dirs):
+    if _TUNING.value:
+      raise app.UsageError('--tuning takes a sweep directory: a runs.csv ledger has no grid '
+                           'settings')
+    if not _OUT.value:
+      raise app.UsageError('--out is required with a runs.csv ledger in --sweep_dir (the report '
+                           'writes a runs.csv of its own)')
   for d in dirs:
-    if not os.path.isdir(d):
-      raise app.UsageError(f'--sweep_dir: {d!r} is not a directory')
-  # The first directory must have finished runs; a later one may not have any yet.
-  runs = sweeps.collect_finished(dirs[0])
-  if len(dirs) > 1:
-    runs = claims.overlay([runs] + [sweeps.collect(d) for d in dirs[1:]])
+    if not (os.path.isdir(d) or (os.path.isfile(d) and d.endswith('.csv'))):
+      raise app.UsageError(f'--sweep_dir: {d!r} is neither a directory nor a runs.csv ledger')
+  try:
+    sources = [claims.load_runs(d) for d in dirs]
+  except ValueError as e:
+    raise app.UsageError(f'--sweep_dir: {e}')
+  # The first source must have finished runs; a later one may not have any yet.
+  if not sources[0]:
+    raise app.UsageError(f'--sweep_dir: no finished runs in {dirs[0]!r}')
+  runs = claims.overlay(sources) if len(sources) > 1 else sources[0]
   if _TUNING.value:
     out_dir = _OUT.value or dirs[0]
     os.makedirs(out_dir, exist_ok=True)

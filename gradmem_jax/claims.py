@@ -14,11 +14,14 @@ is only "ahead" / "behind": no spread, no verdict. The paper's numbers stand bes
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import OrderedDict
 from typing import Optional, Sequence
 
 import numpy as np
+
+from gradmem_jax import sweeps
 
 # SPEC §6: EM (%) of the 4-layer 128-d models, 3 seeds; (label, N) -> EM.
 PAPER = {
@@ -52,7 +55,8 @@ def _order(lab: str) -> tuple:
 
 
 def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
-  """(label, N) -> {'em_mean', 'em_std' (None for one seed), 'seeds', 'steps', 'minutes',
+  """(label, N) -> {'em_mean', 'em_std' (None for one seed), 'seeds', 'steps', 'minutes' (mean
+  over the 'timed' runs that kept their wall time; None if none did), 'timed',
   'k_extrapolation' (K_eval -> mean EM over the seeds that have it), 'kx_seeds' (how many
   have it)}."""
   groups: dict = {}
@@ -66,6 +70,7 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
   for key in sorted(groups, key=lambda k: (_order(k[0]), k[1])):
     members = groups[key]
     ems = [float(m['best']['em']) for m in members]
+    walls = [float(m['wall_time_s']) for m in members if m.get('wall_time_s') is not None]
     kx: dict = {}
     for m in members:
       for row in m.get('k_extrapolation') or ():
@@ -74,7 +79,8 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
                 'em_std': float(np.std(ems)) if len(ems) > 1 else None,
                 'seeds': len(ems),
                 'steps': float(np.mean([m.get('steps', 0) for m in members])),
-                'minutes': float(np.mean([m.get('wall_time_s', 0) for m in members])) / 60,
+                'minutes': (float(np.mean(walls)) / 60 if walls else None),
+                'timed': len(walls),
                 'k_extrapolation': {k: float(np.mean(v)) for k, v in sorted(kx.items())},
                 'kx_seeds': sum(1 for m in members if m.get('k_extrapolation'))}
   return out
@@ -84,8 +90,13 @@ def _cell_text(c: Optional[dict]) -> str:
   if c is None:
     return '-'
   spread = '' if c['em_std'] is None else f' ± {100 * c["em_std"]:.1f}'
+  if c['minutes'] is None:
+    minutes = 'minutes not kept'
+  else:
+    minutes = f'{c["minutes"]:.1f} min' + (
+        '' if c['timed'] == c['seeds'] else f' over {c["timed"]} timed')
   return (f'{100 * c["em_mean"]:.1f}{spread} ({c["seeds"]} seed{"s" * (c["seeds"] > 1)}, '
-          f'{c["steps"]:.0f} steps, {c["minutes"]:.1f} min)')
+          f'{c["steps"]:.0f} steps, {minutes})')
 
 
 def em_vs_n_table(cs: 'OrderedDict[tuple, dict]') -> str:
@@ -209,6 +220,125 @@ def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
   return out
 
 
+# ------------------------------------------------------------------------------------------------
+# The runs ledger: every run behind a report, one CSV row each (runs.csv beside claims.md). Run
+# directories do not always outlive a machine; a committed ledger is a report's input as good as a
+# sweep directory, so a later report can add new runs to old ones without their directories.
+
+LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', 'seed', 'best_em',
+                 'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source')
+
+
+def ledger_rows(runs: Sequence[dict]) -> list[dict]:
+  """The claims runs (label() not None, with a best EM) as ledger rows, in report order."""
+  rows = []
+  for r in runs:
+    lab, em = label(r), r.get('best', {}).get('em')
+    if lab is None or em is None or r.get('n_pairs') is None:
+      continue
+    kx = {int(row['K_eval']): float(row['em']) for row in r.get('k_extrapolation') or ()}
+    rows.append({
+        'label': lab, 'method': r['method'], 'K': int(r['K']),
+        'grad_mode': r.get('grad_mode', 'second') if r['method'] == 'gradmem' else '',
+        'rmt_update': r.get('rmt_update', 'replace') if r['method'] == 'rmt' else '',
+        'n_pairs': int(r['n_pairs']), 'seed': int(r.get('seed', 0)), 'best_em': float(em),
+        'best_step': '' if r.get('best_step') is None else int(r['best_step']),
+        'steps': '' if r.get('steps') is None else int(r['steps']),
+        'wall_time_s': '' if r.get('wall_time_s') is None else float(r['wall_time_s']),
+        'k_extrapolation': json.dumps(kx, sort_keys=True) if kx else '',
+        'source': r.get('source') or r.get('slug') or ''})
+  rows.sort(key=lambda w: (_order(w['label']), w['n_pairs'], w['seed']))
+  return rows
+
+
+def write_ledger(runs: Sequence[dict], path: str) -> int:
+  """runs.csv: one row per claims run (written whole, then renamed). Returns the row count."""
+  rows = ledger_rows(runs)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=LEDGER_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+  os.replace(tmp, path)
+  return len(rows)
+
+
+def _ledger_value(path: str, line: int, row: dict, field: str, kind, allow_blank=False):
+  text = (row.get(field) or '').strip()
+  where = f'{path}, line {line}, field {field!r}'
+  if not text:
+    if allow_blank:
+      return None
+    raise ValueError(f'{where}: empty; it is required')
+  try:
+    return kind(text)
+  except ValueError:
+    raise ValueError(f'{where}: {text!r} is not {"an integer" if kind is int else "a number"}')
+
+
+def read_ledger(path: str) -> list[dict]:
+  """A runs.csv (write_ledger's, or one written by hand for runs whose directories are gone) as
+  run records that cells() and overlay() take like a sweep directory's. Every row is checked:
+  a bad one is an error naming its line and field, never skipped."""
+  with open(path, newline='') as f:
+    reader = csv.DictReader(f)
+    missing = [k for k in LEDGER_FIELDS if k not in (reader.fieldnames or ())]
+    if missing:
+      raise ValueError(f'{path}: not a claims runs ledger: missing columns {missing}; '
+                       f'the columns are {list(LEDGER_FIELDS)}')
+    runs = []
+    for line, row in enumerate(reader, start=2):
+      where = f'{path}, line {line}'
+      method = (row['method'] or '').strip()
+      if method not in ('gradmem', 'rmt'):
+        raise ValueError(f"{where}, field 'method': {method!r}; allowed: 'gradmem', 'rmt'")
+      r = {'method': method, 'K': _ledger_value(path, line, row, 'K', int),
+           'n_pairs': _ledger_value(path, line, row, 'n_pairs', int),
+           'seed': _ledger_value(path, line, row, 'seed', int),
+           'best_step': _ledger_value(path, line, row, 'best_step', int, allow_blank=True),
+           'steps': _ledger_value(path, line, row, 'steps', int, allow_blank=True),
+           'wall_time_s': _ledger_value(path, line, row, 'wall_time_s', float, allow_blank=True),
+           'source': (row['source'] or '').strip()}
+      em = _ledger_value(path, line, row, 'best_em', float)
+      if not 0.0 <= em <= 1.0:
+        raise ValueError(f"{where}, field 'best_em': {em} is outside [0, 1] (a fraction, not %)")
+      r['best'] = {'em': em}
+      if method == 'gradmem':
+        mode = (row['grad_mode'] or 'second').strip()
+        if mode not in ('second', 'first'):
+          raise ValueError(f"{where}, field 'grad_mode': {mode!r}; allowed: 'second', 'first'")
+        r['grad_mode'] = mode
+      else:
+        upd = (row['rmt_update'] or 'replace').strip()
+        if upd not in ('replace', 'residual'):
+          raise ValueError(f"{where}, field 'rmt_update': {upd!r}; allowed: 'replace', "
+                           "'residual'")
+        r['rmt_update'] = upd
+      kx_text = (row['k_extrapolation'] or '').strip()
+      if kx_text:
+        try:
+          kx = json.loads(kx_text)
+          r['k_extrapolation'] = [{'K_eval': int(k), 'em': float(v)} for k, v in kx.items()]
+        except (ValueError, AttributeError, TypeError):
+          raise ValueError(f"{where}, field 'k_extrapolation': {kx_text!r} is not a JSON object "
+                           'of K_eval -> EM, e.g. {"1": 0.9, "2": 0.95}')
+      lab = (row['label'] or '').strip()
+      if lab and lab != label(r):
+        raise ValueError(f"{where}, field 'label': {lab!r} does not match the row's method "
+                         f'fields, which make {label(r)!r}')
+      runs.append(r)
+  return runs
+
+
+def load_runs(source: str) -> list[dict]:
+  """A report's input: a sweep directory (or an archive of one), or a runs.csv ledger."""
+  if os.path.isfile(source):
+    return read_ledger(source)
+  if os.path.isdir(source):
+    return sweeps.collect(source)
+  raise ValueError(f'{source!r} is neither a sweep directory nor a runs ledger (.csv file)')
+
+
 def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims') -> dict:
   """claims.md, claims.csv and em_vs_n.png in out_dir; returns {'markdown', 'files', 'cells'}."""
   os.makedirs(out_dir, exist_ok=True)
@@ -227,6 +357,9 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
     parts += ['', '![EM vs N](em_vs_n.png)']
     files.append(fig)
   md = '\n'.join(parts) + '\n'
+  n_ledger = write_ledger(runs, os.path.join(out_dir, 'runs.csv'))
+  parts += ['', f'Every run behind the table: `runs.csv` ({n_ledger} rows; a report takes it as '
+            'input like a sweep directory).']
   md_path, csv_path = os.path.join(out_dir, 'claims.md'), os.path.join(out_dir, 'claims.csv')
   with open(md_path, 'w') as f:
     f.write(md)
@@ -237,7 +370,8 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
     for (lab, n), c in cs.items():
       w.writerow([lab, n, c['em_mean'], c['em_std'], c['seeds'], c['steps'], c['minutes'],
                   PAPER.get(lab, {}).get(n)])
-  return {'markdown': md, 'files': [md_path, csv_path] + files, 'cells': cs}
+  return {'markdown': md, 'files': [md_path, csv_path, os.path.join(out_dir, 'runs.csv')] + files,
+          'cells': cs}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 curriculum in N (configs/sweeps/claims.py, sweeps.Sweep.init_from)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -105,6 +107,57 @@ def test_overlay_replaces_only_the_same_method_n_and_seed():
   assert claims.overlay([grid]) == grid
   again = [_run('gradmem', 1, 4, 0, 0.3), _run('gradmem', 1, 4, 0, 0.4)]
   assert claims.overlay([grid, again]) == again
+
+
+def test_the_runs_ledger_stands_for_the_runs(tmp_path):
+  runs = _runs()
+  for r in runs:
+    r['best_step'] = 500
+  runs[0]['wall_time_s'] = None  # a run whose time was not kept
+  out = claims.make_claims_report(runs, str(tmp_path))
+  back = claims.read_ledger(str(tmp_path / 'runs.csv'))
+  assert len(back) == len(runs) - 1  # the full-context run is not a claims run
+  want, got = out['cells'], claims.cells(back)
+  assert list(got) == list(want)
+  for key in want:
+    for field in ('em_mean', 'em_std', 'seeds', 'steps', 'minutes', 'timed', 'k_extrapolation'):
+      assert got[key][field] == want[key][field], (key, field)
+  assert want[('GradMem K=1', 2)]['timed'] == 2 and want[('GradMem K=1', 2)]['minutes'] == 2.0
+  assert '(3 seeds, 1000 steps, 2.0 min over 2 timed)' in out['markdown']
+  assert claims.cells([dict(runs[0])])[('GradMem K=1', 2)]['minutes'] is None
+  # A report from the ledger alone is the same report.
+  again = claims.make_claims_report(back, str(tmp_path / 'again'))
+  assert again['markdown'] == out['markdown']
+  assert (tmp_path / 'again' / 'runs.csv').read_text() == (tmp_path / 'runs.csv').read_text()
+
+
+def test_a_bad_ledger_row_is_an_error_naming_line_and_field(tmp_path):
+  good = claims.ledger_rows([_run('gradmem', 1, 2, 0, 0.9), _run('rmt', 2, 4, 1, 0.3)])
+
+  def check(change, match, row=1):
+    rows = [dict(r) for r in good]
+    rows[row].update(change)
+    path = tmp_path / 'runs.csv'
+    with open(path, 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
+      w.writeheader()
+      w.writerows(rows)
+    with pytest.raises(ValueError, match=match):
+      claims.read_ledger(str(path))
+
+  check({'best_em': '87.5'}, r"line 3, field 'best_em': 87.5 is outside \[0, 1\]")
+  check({'seed': ''}, r"line 3, field 'seed': empty")
+  check({'K': 'two'}, r"line 3, field 'K': 'two' is not an integer")
+  check({'method': 'full_context'}, r"line 3, field 'method': 'full_context'; allowed")
+  check({'rmt_update': 'add'}, r"line 3, field 'rmt_update': 'add'; allowed")
+  check({'grad_mode': 'zeroth'}, r"line 2, field 'grad_mode': 'zeroth'", row=0)
+  check({'label': 'RMT x1'}, r"line 3, field 'label': 'RMT x1' does not match .*'RMT x2'")
+  check({'k_extrapolation': '[1, 2]'}, r"line 3, field 'k_extrapolation': '\[1, 2\]' is not")
+  (tmp_path / 'other.csv').write_text('method,n_pairs\ngradmem,2\n')
+  with pytest.raises(ValueError, match=r"not a claims runs ledger: missing columns \['label', 'K'"):
+    claims.read_ledger(str(tmp_path / 'other.csv'))
+  with pytest.raises(ValueError, match='neither a sweep directory nor a runs ledger'):
+    claims.load_runs(str(tmp_path / 'absent'))
 
 
 def test_claims_sweep_curriculum_in_n():
@@ -226,10 +279,21 @@ def test_claims_command_line(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd}/nope',
                         f'--out={tmp_path / "x"}'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert out.returncode != 0 and 'nope' in out.stderr and 'is not a directory' in out.stderr
+  assert out.returncode != 0 and 'nope' in out.stderr and 'is neither a directory' in out.stderr
   out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd},{sd2}'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and '--out is required' in out.stderr
+  # The ledger the report wrote stands for the run directories: with them gone, the ledger and
+  # the second sweep give the same report as the two sweeps did.
+  both = (tmp_path / 'both' / 'claims.md').read_text()
+  ledger = tmp_path / 'kept.csv'
+  shutil.copy(sd / 'runs.csv', ledger)
+  shutil.rmtree(sd)
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims',
+                        f'--sweep_dir={ledger},{sd2}', f'--out={tmp_path / "again"}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (tmp_path / 'again' / 'claims.md').read_text() == both
 
 
 def test_test_time_write_scoring_by_hand():
