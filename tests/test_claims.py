@@ -76,7 +76,20 @@ def test_report_files_table_and_claims(tmp_path):
   assert 'N=2: GradMem K=1 91.0 vs RMT x1 52.3 (+38.7): supported' in md
   assert 'N=4: GradMem K=1 60.0 vs RMT x1 55.0 (+5.0): not supported' in md
   assert 'N=2: GradMem K=1 91.0 vs GradMem K=1 first-order 11.0 (+80.0): supported' in md
-  assert 'N=2: GradMem 5 vs 1 steps: +8.0 EM' in md
+  # More steps are judged on the seeds both cells have (K=5 has seed 0 only: 0.99 - 0.90), not a
+  # one-seed cell against a three-seed mean (0.99 - 0.91).
+  assert 'N=2: GradMem 5 vs 1 steps: +9.0 EM (seed 0, paired)' in md
+  more = _runs() + [_run('gradmem', 5, 2, 1, 0.95), _run('rmt', 5, 2, 1, 0.5)]
+  md2 = claims.make_claims_report(more, str(tmp_path / 'more'))['markdown']
+  assert 'N=2: GradMem 5 vs 1 steps: +6.0 ± 3.0 EM (seeds 0, 1, paired)' in md2
+  assert 'N=2: RMT 5 vs 1 writes: -7.5 ± 2.5 EM (seeds 0, 1, paired)' in md2
+  # A verdict between cells of different seeds says which.
+  assert 'N=2: GradMem K=5 97.0 vs RMT x1 52.3' not in md2
+  assert ('N=2: GradMem K=1 91.0 vs RMT x1 52.3 (+38.7): supported\n' in md2)
+  uneven = [r for r in _runs() if not (r['method'] == 'rmt' and r['seed'] == 2)]
+  md3 = claims.make_claims_report(uneven, str(tmp_path / 'uneven'))['markdown']
+  assert 'N=2: GradMem K=1 91.0 vs RMT x1 52.5 (+38.5): supported [seeds 0, 1, 2 vs seeds 0, 1]' \
+      in md3
   claim2 = md.split('### Claim 2')[1].split('### Claim 3')[0]
   assert 'N=2: GradMem K=5 99.0 vs RMT x5 40.0 (+59.0): ahead' in claim2
   assert 'GradMem K=1 ' not in claim2  # K=1 against x1 is claim 1, not evidence for claim 2
