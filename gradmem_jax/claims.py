@@ -216,9 +216,13 @@ def plot_em_vs_n(cs, path: str) -> bool:
     ys = [100 * c['em_mean'] for _, c in pts]
     err = [100 * (c['em_std'] or 0.0) for _, c in pts]
     style = '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
-    ax.errorbar(ns, ys, yerr=err, fmt='o' + style, capsize=3, label=lab)
+    line = ax.errorbar(ns, ys, yerr=err, fmt='o' + style, capsize=3, label=lab)
+    one = [(n, y) for (n, c), y in zip(pts, ys) if c['seeds'] == 1]
+    if one:  # a point of one seed is hollow: no spread to show
+      ax.plot(*zip(*one), 'o', color=line.lines[0].get_color(), markerfacecolor='white',
+              zorder=3)
   ax.set(xscale='log', xlabel='pairs N', ylabel='best validation EM (%)', ylim=(-2, 102),
-         title='KV retrieval: EM vs N (mean ± std over seeds)')
+         title='KV retrieval: EM vs N (mean ± std over seeds; hollow: one seed)')
   ax.set_xticks(sorted({n for _, n in cs}), [str(n) for n in sorted({n for _, n in cs})])
   ax.set_xticks([], minor=True)  # only the N that ran are labelled (no '3x10^0' minor labels)
   ax.grid(alpha=0.3)
