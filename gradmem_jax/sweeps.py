@@ -24,7 +24,7 @@ import time
 import warnings
 from typing import Any, Iterable, Optional, Sequence
 
-from gradmem_jax import config_lib
+from gradmem_jax import config_lib, workdir_lock
 
 Point = dict
 
@@ -214,6 +214,12 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
           'no parameters (best/ or checkpoints/) here: it was restored from an archive that did '
           'not keep them (experiments.archive keeps those of curriculum chains by default)')
       status.append({'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'})
+      continue
+    busy = workdir_lock.holder(wd)
+    if busy:
+      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, another process is training it '
+          f'({busy}); rerun the sweep after it ends')
+      status.append({'slug': slug(p), 'status': f'busy ({busy})'})
       continue
     cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
     elapsed = time.perf_counter() - t_sweep

@@ -454,3 +454,55 @@ def test_resume_sets_aside_best_checkpoints_newer_than_the_resumed_step(tmp_path
   assert sorted(os.listdir(tmp_path / 'best.lost' / '2')) == sorted(os.listdir(tmp_path / 'best' / '2'))
   params, meta = load_params(str(tmp_path / 'best'), _abstract(_params(0.0)))
   assert meta['step'] == 2 and float(params['memory']['mem_init'][0, 0]) == 5.0
+
+
+# ------------------------------------------------------------------------------------------------
+# One training process per workdir (gradmem_jax/workdir_lock.py).
+
+
+def test_a_second_run_on_a_busy_workdir_stops_before_touching_it(tmp_path):
+  from configs import kv_retrieval
+  from gradmem_jax import workdir_lock
+  from gradmem_jax.training import train_and_evaluate
+  wd = str(tmp_path / 'run')
+  with workdir_lock.hold(wd):  # another open file, so it conflicts like another process would
+    assert workdir_lock.holder(wd) == f'pid {os.getpid()} on {__import__("socket").gethostname()}'
+    with pytest.raises(workdir_lock.WorkdirBusyError,
+                       match=rf'workdir {re.escape(wd)} is in use by another training process '
+                             rf'\(pid {os.getpid()} on '):
+      train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=2'), wd)
+    assert os.listdir(wd) == ['run.lock']  # no checkpoints, config or metrics written
+  assert workdir_lock.holder(wd) is None
+  r = train_and_evaluate(kv_retrieval.get_config('tiny,max_steps=2'), wd)  # free again: it runs
+  assert r['steps'] == 2 and workdir_lock.holder(wd) is None  # and lets go when done
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  from gradmem_jax import workdir_lock
+  wd = str(tmp_path / 'run')
+  code = ('import sys, time; from gradmem_jax import workdir_lock\n'
+          f'with workdir_lock.hold({wd!r}):\n  print("held", flush=True); time.sleep(600)\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.Popen([sys.executable, '-c', code], cwd=root, stdout=subprocess.PIPE, text=True)
+  try:
+    assert p.stdout.readline().strip() == 'held'
+    assert workdir_lock.holder(wd).startswith(f'pid {p.pid} on ')
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=f'pid {p.pid} on '):
+      with workdir_lock.hold(wd):
+        pass
+    # The command line says so and exits with its own status.
+    out = subprocess.run([sys.executable, '-m', 'experiments.kv_retrieval',
+                          '--config=configs/kv_retrieval.py:tiny', f'--workdir={wd}'],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 4, out.stderr[-2000:]
+    assert f'is in use by another training process (pid {p.pid} on ' in out.stderr
+    assert os.listdir(wd) == ['run.lock']
+  finally:
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+  assert workdir_lock.holder(wd) is None
+  with workdir_lock.hold(wd):  # taken over without clearing anything by hand
+    assert workdir_lock.holder(wd).startswith(f'pid {os.getpid()} on ')

@@ -182,6 +182,26 @@ def test_variants_sharing_a_dir_keep_each_others_points_in_the_manifest(tmp_path
   assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
+def test_a_point_another_process_is_training_is_left_to_it(tmp_path):
+  from gradmem_jax import workdir_lock
+  sweep_file = tmp_path / 'two.py'
+  sweep_file.write_text(
+      'from gradmem_jax.sweeps import Sweep\n'
+      'def get_sweep(arg=None):\n'
+      '  return Sweep("two", [{"n_pairs": 2}, {"n_pairs": 4}], init_from={"n_pairs=4": "n_pairs=2"})\n')
+  s = sweeps.load_sweep(str(sweep_file))
+  sd = tmp_path / 'sd'
+  logs = []
+  with workdir_lock.hold(str(sd / 'n_pairs=2')):
+    # A module that does not exist: a launched point would fail, so 'busy' means not launched.
+    status = sweeps.run_sweep('configs/kv_retrieval.py', s, str(sd),
+                              module='experiments.no_such_module', log=logs.append, cwd=ROOT)
+  assert status[0]['status'].startswith('busy (pid ')
+  assert status[1]['status'] == 'blocked (source n_pairs=2 unfinished)'
+  assert any('another process is training it' in line for line in logs), logs
+  assert not (sd / 'n_pairs=2' / 'stdout.log').exists()
+
+
 def test_dry_run_prints_one_command_per_point(tmp_path):
   out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
               f'--sweep={ROOT}/configs/sweeps/n_pairs.py:paper', f'--sweep_dir={tmp_path}',

@@ -5,7 +5,8 @@ experiments/<task>.py is `cli.run('configs/<task>.py')`; experiments/train.py ta
 
 Quiet by default: absl/orbax INFO logs are hidden (warnings and errors only) so the progress line
 stays readable; `--verbosity=0` shows the INFO logs, `--verbosity=1` debug logs too.
-A run stopped by non-finite values (train.on_nonfinite) prints why and exits with status 3.
+A run stopped by non-finite values (train.on_nonfinite) prints why and exits with status 3; one
+started on a workdir that another process is training in stops at once with status 4.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from gradmem_jax.training.mesh import finish_distributed
+from gradmem_jax.workdir_lock import WorkdirBusyError
 from gradmem_jax.training.train import NonFiniteError, train_and_evaluate
 
 NONFINITE_EXIT = 3
+BUSY_EXIT = 4  # another process is training in the workdir (workdir_lock.py)
 
 
 def config_file_help(path: Optional[str]) -> str:
@@ -79,6 +82,10 @@ def run(default_config: Optional[str]) -> None:
       print(f'error: {e}', file=sys.stderr, flush=True)
       finish_distributed()
       sys.exit(NONFINITE_EXIT)
+    except WorkdirBusyError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      finish_distributed()
+      sys.exit(BUSY_EXIT)
     finish_distributed()
 
   app.run(main)

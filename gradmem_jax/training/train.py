@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gradmem_jax import config_lib
+from gradmem_jax import config_lib, workdir_lock
 from gradmem_jax.data import BATCH_SPEC
 from gradmem_jax.models import pretrained as pretrained_lib
 from gradmem_jax.training import mesh as mesh_lib
@@ -184,12 +184,22 @@ def _state_is_finite(state) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains the outer parameters, evaluates, checkpoints; returns the results dict."""
-  # -- Set up: experiment, workdir, checkpoints, logs.
+  """Trains the outer parameters, evaluates, checkpoints; returns the results dict.
+
+  One run per workdir: the main process holds <workdir>/run.lock throughout, and a second run
+  on the same workdir raises WorkdirBusyError before touching anything (workdir_lock.py)."""
   if '://' in str(workdir):
     raise ValueError(f'workdir={workdir!r}: object-store URLs are not supported (the metrics log is '
                      'appended to); use a local or shared filesystem path, e.g. a GCS FUSE mount')
   mesh_lib.maybe_initialize_distributed(config)
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir)
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  # -- Set up: experiment, workdir, checkpoints, logs.
   exp = build_experiment(config)
   cfg = exp.config
   is_main = jax.process_index() == 0
