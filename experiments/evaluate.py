@@ -15,6 +15,7 @@ import json
 import os
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from gradmem_jax import report
 from gradmem_jax.training import evaluate
@@ -36,6 +37,8 @@ COLUMNS = ('K_eval', 'em', 'token_acc', 'target_loss', 'write_loss')
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:  # as the training runs: orbax's INFO logs hidden
+    absl_logging.set_verbosity(absl_logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   out = _OUT.value or _WORKDIR.value

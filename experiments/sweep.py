@@ -9,6 +9,7 @@ Afterwards: python -m experiments.report --sweep_dir=/tmp/sweep_k
 from __future__ import annotations
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from gradmem_jax import report, sweeps
 
@@ -27,6 +28,8 @@ _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point wh
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:  # as the training runs: orbax's INFO logs hidden
+    absl_logging.set_verbosity(absl_logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   sweep = sweeps.load_sweep(_SWEEP.value)
@@ -48,6 +51,10 @@ def main(argv):
                              figures=sweep.figures, title=sweep.name)
     print(out['table'])
     print('wrote ' + ', '.join(out['files']))
+  busy = [s for s in status if s['status'].startswith('busy')]
+  if busy:
+    print(f'{len(busy)} point(s) left to the processes training them: '
+          f'{[s["slug"] for s in busy]}', flush=True)
   failed = [s for s in status if s['status'].startswith('failed')]
   if failed:
     raise SystemExit(f'{len(failed)} point(s) failed: {[s["slug"] for s in failed]}')
