@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from gradmem_jax import sweeps
+from gradmem_jax.report import _pyplot
 
 # SPEC §6: EM (%) of the 4-layer 128-d models, 3 seeds; (label, N) -> EM.
 PAPER = {
@@ -207,7 +208,6 @@ def k_extrapolation_table(cs: 'OrderedDict[tuple, dict]') -> Optional[str]:
 def plot_em_vs_n(cs, path: str) -> bool:
   if not cs:
     return False
-  from gradmem_jax.report import _pyplot
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for lab in OrderedDict.fromkeys(l for l, _ in cs):
@@ -231,6 +231,73 @@ def plot_em_vs_n(cs, path: str) -> bool:
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
+
+
+def plot_em_vs_k_eval(cs, path: str) -> bool:
+  """Test-time extrapolation: EM against the number of WRITE steps at evaluation, one line per
+  trained method and N (mean over the seeds evaluated), a ring where K_eval is the training K."""
+  rows = [(lab, n, c) for (lab, n), c in cs.items() if c['k_extrapolation']]
+  if not rows:
+    return False
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for lab, n, c in rows:
+    ks = sorted(c['k_extrapolation'])
+    style = '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
+    line, = ax.plot(ks, [100 * c['k_extrapolation'][k] for k in ks], 'o' + style,
+                    label=f'{lab}, N={n} ({c["kx_seeds"]} seed{"s" * (c["kx_seeds"] > 1)})')
+    k_train = _trained_k(lab)
+    if k_train in c['k_extrapolation']:
+      ax.plot([k_train], [100 * c['k_extrapolation'][k_train]], 'o', markersize=12,
+              markerfacecolor='none', color=line.get_color())
+  ks = sorted({k for *_, c in rows for k in c['k_extrapolation']})
+  ax.set(xscale='log', xlabel='WRITE steps at evaluation (K_eval)', ylim=(-2, 102),
+         ylabel='validation EM (%)',
+         title='Test-time K (ring: the K it was trained with)')
+  ax.set_xticks(ks, [str(k) for k in ks])
+  ax.set_xticks([], minor=True)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def _trained_k(lab: str) -> int:
+  return int(lab.split('=' if 'K=' in lab else 'x')[1].split()[0])
+
+
+def plot_orders(cs, path: str) -> bool:
+  """Claim 3: second- against first-order meta-gradients, bars per K and N with the seeds'
+  spread."""
+  pairs = [(lab, n) for (lab, n) in cs if lab.startswith('GradMem') and 'order' not in lab
+           and (f'{lab} first-order', n) in cs]
+  if not pairs:
+    return False
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  xs = np.arange(len(pairs))
+  for off, suffix, name in ((-0.2, '', 'second order'), (0.2, ' first-order', 'first order')):
+    cells_ = [cs[(lab + suffix, n)] for lab, n in pairs]
+    bars = ax.bar(xs + off, [100 * c['em_mean'] for c in cells_], width=0.4, label=name,
+                  yerr=[100 * (c['em_std'] or 0.0) for c in cells_], capsize=3)
+    ax.bar_label(bars, fmt='%.1f', fontsize=7, padding=2)
+  ax.set_xticks(xs, [f'{lab.split()[1]}, N={n}\n{_seeds_word(cs[(lab, n)], cs[(lab + " first-order", n)])}'
+                     for lab, n in pairs])
+  ax.set(ylabel='best validation EM (%)', ylim=(0, 102),
+         title='GradMem: second- vs first-order meta-gradient (mean ± std over seeds)')
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3, axis='y')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def _seeds_word(a: dict, b: dict) -> str:
+  return (f'{a["seeds"]} seed{"s" * (a["seeds"] > 1)}' if a['seeds'] == b['seeds']
+          else f'{a["seeds"]} / {b["seeds"]} seeds')
 
 
 def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
@@ -378,10 +445,13 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   if kx:
     parts += ['', '## Test-time K extrapolation (EM at K_eval, mean over seeds)', '', kx]
   files = []
-  fig = os.path.join(out_dir, 'em_vs_n.png')
-  if plot_em_vs_n(cs, fig):
-    parts += ['', '![EM vs N](em_vs_n.png)']
-    files.append(fig)
+  for name, plot, alt in (('em_vs_n.png', plot_em_vs_n, 'EM vs N'),
+                          ('em_vs_k_eval.png', plot_em_vs_k_eval, 'EM vs K_eval'),
+                          ('second_vs_first_order.png', plot_orders, 'second vs first order')):
+    fig = os.path.join(out_dir, name)
+    if plot(cs, fig):
+      parts += ['', f'![{alt}]({name})']
+      files.append(fig)
   md = '\n'.join(parts) + '\n'
   n_ledger = write_ledger(runs, os.path.join(out_dir, 'runs.csv'))
   parts += ['', f'Every run behind the table: `runs.csv` ({n_ledger} rows; a report takes it as '

@@ -94,8 +94,16 @@ def test_report_files_table_and_claims(tmp_path):
   assert 'N=2: GradMem K=5 99.0 vs RMT x5 40.0 (+59.0): ahead' in claim2
   assert 'GradMem K=1 ' not in claim2  # K=1 against x1 is claim 1, not evidence for claim 2
   assert '| GradMem K=1 | 2 | 3 of 3 | 91.0 | 93.0 |' in md  # K extrapolation
-  for f in ('claims.md', 'claims.csv', 'em_vs_n.png'):
+  for f in ('claims.md', 'claims.csv', 'em_vs_n.png', 'em_vs_k_eval.png',
+            'second_vs_first_order.png', 'runs.csv'):
     assert (tmp_path / f).stat().st_size > 0
+  assert '![EM vs K_eval](em_vs_k_eval.png)' in md
+  assert '![second vs first order](second_vs_first_order.png)' in md
+  # Without K_eval results or first-order runs, those two figures are not drawn.
+  bare = [r for r in _runs() if r.get('grad_mode') != 'first' and 'k_extrapolation' not in r]
+  claims.make_claims_report(bare, str(tmp_path / 'bare'))
+  assert sorted(os.listdir(tmp_path / 'bare')) == ['claims.csv', 'claims.md', 'em_vs_n.png',
+                                                   'runs.csv']
   rows = (tmp_path / 'claims.csv').read_text().splitlines()
   assert rows[0].startswith('method,n_pairs,em_mean') and len(rows) == 1 + len(out['cells'])
 
