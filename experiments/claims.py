@@ -1,5 +1,6 @@
 r"""The paper's three KV claims from a claims sweep: one Markdown + CSV table, the claims with their
-numbers, and the EM-vs-N figure (gradmem_jax/claims.py says how a claim is judged).
+numbers, and figures: EM vs N, EM vs K_eval, second vs first order (gradmem_jax/claims.py says how
+a claim is judged).
 
   python -m experiments.sweep --sweep=configs/sweeps/claims.py:cpu --sweep_dir=runs/claims_cpu \
       --K_eval=1,2,5,8
@@ -71,7 +72,10 @@ def main(argv):
       f.write(md)
     print(md)
     return
-  out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value)
+  try:
+    out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value)
+  except ValueError as e:  # e.g. two runs of one method, N and seed
+    raise app.UsageError(str(e))
   print(out['markdown'])
   print('wrote ' + ', '.join(out['files']))
 

@@ -15,9 +15,8 @@ import json
 import os
 
 from absl import app, flags
-from absl import logging as absl_logging
 
-from gradmem_jax import report
+from gradmem_jax import cli_utils, report
 from gradmem_jax.training import evaluate
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to evaluate.', required=True)
@@ -37,8 +36,7 @@ COLUMNS = ('K_eval', 'em', 'token_acc', 'target_loss', 'write_loss')
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:  # as the training runs: orbax's INFO logs hidden
-    absl_logging.set_verbosity(absl_logging.WARNING)
+  cli_utils.quiet_logs_unless_asked()  # as the training runs: orbax's INFO logs hidden
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   out = _OUT.value or _WORKDIR.value

@@ -9,9 +9,8 @@ Afterwards: python -m experiments.report --sweep_dir=/tmp/sweep_k
 from __future__ import annotations
 
 from absl import app, flags
-from absl import logging as absl_logging
 
-from gradmem_jax import report, sweeps
+from gradmem_jax import cli_utils, report, sweeps
 
 _CONFIG = flags.DEFINE_string('config', 'configs/kv_retrieval.py',
                               'Config file[:presets,overrides] every point starts from.')
@@ -28,8 +27,7 @@ _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point wh
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:  # as the training runs: orbax's INFO logs hidden
-    absl_logging.set_verbosity(absl_logging.WARNING)
+  cli_utils.quiet_logs_unless_asked()  # as the training runs: orbax's INFO logs hidden
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   sweep = sweeps.load_sweep(_SWEEP.value)

@@ -34,6 +34,9 @@ PAPER = {
     'GradMem K=2 first-order': {8: 46.7, 16: 4.2},
 }
 MIN_GAP = 0.01  # a difference below one point of EM is no difference
+# memory/config.py's, restated so that the report tools import no JAX (a test checks they match).
+GRAD_MODES = ('second', 'first', 'none')
+RMT_UPDATES = ('replace', 'residual')
 
 
 def label(run: dict) -> Optional[str]:
@@ -48,11 +51,24 @@ def label(run: dict) -> Optional[str]:
   return None
 
 
-def _order(lab: str) -> tuple:
+def trained_k(lab: str) -> int:
+  """The K (steps) or x (writes) a label was trained with: 'RMT x2 residual' -> 2."""
+  return int(lab.split('=' if 'K=' in lab else 'x')[1].split()[0])
+
+
+def label_order(lab: str) -> tuple:
+  """Report order: GradMem (second order), RMT, then first order; by K within each."""
   kind = 0 if lab.startswith('GradMem') and 'order' not in lab else (
       1 if lab.startswith('RMT') else 2)
-  k = int(''.join(ch for ch in lab.split('=' if 'K=' in lab else 'x')[1] if ch.isdigit()) or 0)
-  return (kind, k, lab)
+  return (kind, trained_k(lab), lab)
+
+
+def _line_style(lab: str) -> str:
+  return '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
+
+
+def _run_name(run: dict) -> str:
+  return run.get('slug') or run.get('source') or 'a run without a name'
 
 
 def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
@@ -68,10 +84,20 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
       continue
     groups.setdefault((lab, int(r['n_pairs'])), []).append(r)
   out: 'OrderedDict[tuple, dict]' = OrderedDict()
-  for key in sorted(groups, key=lambda k: (_order(k[0]), k[1])):
+  for key in sorted(groups, key=lambda k: (label_order(k[0]), k[1])):
     members = groups[key]
+    seen: dict = {}
+    for m in members:
+      seed = int(m.get('seed', 0))
+      if seed in seen:
+        raise ValueError(
+            f'two runs of {key[0]} at N={key[1]}, seed {seed} ({_run_name(seen[seed])} and '
+            f'{_run_name(m)}): a claims report takes one run per method, N and seed; give the '
+            'longer run as a later --sweep_dir (it replaces the earlier) or leave one out')
+      seen[seed] = m
     ems = [float(m['best']['em']) for m in members]
     walls = [float(m['wall_time_s']) for m in members if m.get('wall_time_s') is not None]
+    steps = [float(m['steps']) for m in members if m.get('steps') is not None]
     kx: dict = {}
     for m in members:
       for row in m.get('k_extrapolation') or ():
@@ -81,7 +107,7 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
                 'seeds': len(ems),
                 'seed_ids': sorted(int(m.get('seed', 0)) for m in members),
                 'by_seed': {int(m.get('seed', 0)): float(m['best']['em']) for m in members},
-                'steps': float(np.mean([m.get('steps', 0) for m in members])),
+                'steps': float(np.mean(steps)) if steps else None,
                 'minutes': (float(np.mean(walls)) / 60 if walls else None),
                 'timed': len(walls),
                 'k_extrapolation': {k: float(np.mean(v)) for k, v in sorted(kx.items())},
@@ -98,8 +124,9 @@ def _cell_text(c: Optional[dict]) -> str:
   else:
     minutes = f'{c["minutes"]:.1f} min' + (
         '' if c['timed'] == c['seeds'] else f' over {c["timed"]} timed')
+  steps = 'steps not kept' if c['steps'] is None else f'{c["steps"]:.0f} steps'
   return (f'{100 * c["em_mean"]:.1f}{spread} ({c["seeds"]} seed{"s" * (c["seeds"] > 1)}, '
-          f'{c["steps"]:.0f} steps, {minutes})')
+          f'{steps}, {minutes})')
 
 
 def em_vs_n_table(cs: 'OrderedDict[tuple, dict]') -> str:
@@ -215,7 +242,7 @@ def plot_em_vs_n(cs, path: str) -> bool:
     ns = [n for n, _ in pts]
     ys = [100 * c['em_mean'] for _, c in pts]
     err = [100 * (c['em_std'] or 0.0) for _, c in pts]
-    style = '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
+    style = _line_style(lab)
     line = ax.errorbar(ns, ys, yerr=err, fmt='o' + style, capsize=3, label=lab)
     one = [(n, y) for (n, c), y in zip(pts, ys) if c['seeds'] == 1]
     if one:  # a point of one seed is hollow: no spread to show
@@ -243,10 +270,10 @@ def plot_em_vs_k_eval(cs, path: str) -> bool:
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for lab, n, c in rows:
     ks = sorted(c['k_extrapolation'])
-    style = '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
+    style = _line_style(lab)
     line, = ax.plot(ks, [100 * c['k_extrapolation'][k] for k in ks], 'o' + style,
                     label=f'{lab}, N={n} ({c["kx_seeds"]} seed{"s" * (c["kx_seeds"] > 1)})')
-    k_train = _trained_k(lab)
+    k_train = trained_k(lab)
     if k_train in c['k_extrapolation']:
       ax.plot([k_train], [100 * c['k_extrapolation'][k_train]], 'o', markersize=12,
               markerfacecolor='none', color=line.get_color())
@@ -262,10 +289,6 @@ def plot_em_vs_k_eval(cs, path: str) -> bool:
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
-
-
-def _trained_k(lab: str) -> int:
-  return int(lab.split('=' if 'K=' in lab else 'x')[1].split()[0])
 
 
 def plot_orders(cs, path: str) -> bool:
@@ -340,7 +363,7 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'wall_time_s': '' if r.get('wall_time_s') is None else float(r['wall_time_s']),
         'k_extrapolation': json.dumps(kx, sort_keys=True) if kx else '',
         'source': r.get('source') or r.get('slug') or ''})
-  rows.sort(key=lambda w: (_order(w['label']), w['n_pairs'], w['seed']))
+  rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
   return rows
 
 
@@ -373,13 +396,13 @@ def read_ledger(path: str) -> list[dict]:
   """A runs.csv (write_ledger's, or one written by hand for runs whose directories are gone) as
   run records that cells() and overlay() take like a sweep directory's. Every row is checked:
   a bad one is an error naming its line and field, never skipped."""
-  with open(path, newline='') as f:
+  with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: a BOM from a spreadsheet
     reader = csv.DictReader(f)
     missing = [k for k in LEDGER_FIELDS if k not in (reader.fieldnames or ())]
     if missing:
       raise ValueError(f'{path}: not a claims runs ledger: missing columns {missing}; '
                        f'the columns are {list(LEDGER_FIELDS)}')
-    runs = []
+    runs, lines = [], {}
     for line, row in enumerate(reader, start=2):
       where = f'{path}, line {line}'
       method = (row['method'] or '').strip()
@@ -398,14 +421,13 @@ def read_ledger(path: str) -> list[dict]:
       r['best'] = {'em': em}
       if method == 'gradmem':
         mode = (row['grad_mode'] or 'second').strip()
-        if mode not in ('second', 'first'):
-          raise ValueError(f"{where}, field 'grad_mode': {mode!r}; allowed: 'second', 'first'")
+        if mode not in GRAD_MODES:
+          raise ValueError(f"{where}, field 'grad_mode': {mode!r}; allowed: {GRAD_MODES}")
         r['grad_mode'] = mode
       else:
         upd = (row['rmt_update'] or 'replace').strip()
-        if upd not in ('replace', 'residual'):
-          raise ValueError(f"{where}, field 'rmt_update': {upd!r}; allowed: 'replace', "
-                           "'residual'")
+        if upd not in RMT_UPDATES:
+          raise ValueError(f"{where}, field 'rmt_update': {upd!r}; allowed: {RMT_UPDATES}")
         r['rmt_update'] = upd
       kx_text = (row['k_extrapolation'] or '').strip()
       if kx_text:
@@ -419,6 +441,11 @@ def read_ledger(path: str) -> list[dict]:
       if lab and lab != label(r):
         raise ValueError(f"{where}, field 'label': {lab!r} does not match the row's method "
                          f'fields, which make {label(r)!r}')
+      key = (label(r), r['n_pairs'], r['seed'])
+      if key in lines:
+        raise ValueError(f'{where}: the same run as line {lines[key]} ({key[0]}, N={key[1]}, '
+                         f'seed {key[2]}); a ledger holds one row per method, N and seed')
+      lines[key] = line
       runs.append(r)
   return runs
 
@@ -433,7 +460,9 @@ def load_runs(source: str) -> list[dict]:
 
 
 def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims') -> dict:
-  """claims.md, claims.csv and em_vs_n.png in out_dir; returns {'markdown', 'files', 'cells'}."""
+  """claims.md, claims.csv, runs.csv (a row per run), em_vs_n.png and, where there are K_eval
+  results or first-order runs, em_vs_k_eval.png and second_vs_first_order.png in out_dir;
+  returns {'markdown', 'files', 'cells'}."""
   os.makedirs(out_dir, exist_ok=True)
   cs = cells(runs)
   parts = [f'# {title}', '', f'{sum(c["seeds"] for c in cs.values())} runs, {len(cs)} cells. '
@@ -452,10 +481,10 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
     if plot(cs, fig):
       parts += ['', f'![{alt}]({name})']
       files.append(fig)
-  md = '\n'.join(parts) + '\n'
   n_ledger = write_ledger(runs, os.path.join(out_dir, 'runs.csv'))
   parts += ['', f'Every run behind the table: `runs.csv` ({n_ledger} rows; a report takes it as '
             'input like a sweep directory).']
+  md = '\n'.join(parts) + '\n'
   md_path, csv_path = os.path.join(out_dir, 'claims.md'), os.path.join(out_dir, 'claims.csv')
   with open(md_path, 'w') as f:
     f.write(md)

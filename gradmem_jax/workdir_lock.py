@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from typing import Iterator, Optional
 
 try:
@@ -22,6 +23,8 @@ except ImportError:  # not POSIX: no locking
   fcntl = None
 
 LOCK_NAME = 'run.lock'
+BUSY_EXIT = 4  # the training command's exit status when its workdir is busy
+_RETRY_S = 0.5  # holder()'s probe holds the lock for microseconds: a lock taken that long is real
 
 
 class WorkdirBusyError(RuntimeError):
@@ -42,9 +45,15 @@ def hold(workdir: str) -> Iterator[None]:
     yield
     return
   with open(os.path.join(workdir, LOCK_NAME), 'a+') as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline = time.monotonic() + _RETRY_S
+    while True:
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except BlockingIOError:
+        if time.monotonic() < deadline:
+          time.sleep(0.05)
+          continue
       raise WorkdirBusyError(
           f'workdir {workdir} is in use by another training process ({_owner(f)}). Wait for it '
           'to finish (rerunning the same command then resumes or skips it), stop it, or choose '

@@ -146,10 +146,42 @@ def test_the_runs_ledger_stands_for_the_runs(tmp_path):
   assert want[('GradMem K=1', 2)]['timed'] == 2 and want[('GradMem K=1', 2)]['minutes'] == 2.0
   assert '(3 seeds, 1000 steps, 2.0 min over 2 timed)' in out['markdown']
   assert claims.cells([dict(runs[0])])[('GradMem K=1', 2)]['minutes'] is None
+  assert f'`runs.csv` ({len(back)} rows;' in out['markdown']
   # A report from the ledger alone is the same report.
   again = claims.make_claims_report(back, str(tmp_path / 'again'))
   assert again['markdown'] == out['markdown']
   assert (tmp_path / 'again' / 'runs.csv').read_text() == (tmp_path / 'runs.csv').read_text()
+
+
+def test_the_ledger_keeps_every_method_setting_and_missing_fields(tmp_path):
+  from gradmem_jax.memory import config as memory_config
+  assert claims.GRAD_MODES == memory_config.GRAD_MODES
+  assert claims.RMT_UPDATES == memory_config.RMT_UPDATES
+  runs = [_run('gradmem', 2, 2, 0, 0.5, grad_mode='none'), _run('rmt', 1, 2, 0, 0.2,
+                                                                rmt_update='residual')]
+  runs[0]['steps'] = None  # a hand-written row without its steps
+  runs[1]['wall_time_s'] = None
+  claims.write_ledger(runs, str(tmp_path / 'runs.csv'))
+  cs = claims.cells(claims.read_ledger(str(tmp_path / 'runs.csv')))
+  assert cs[('GradMem K=2 none-order', 2)]['steps'] is None
+  assert cs[('RMT x1 residual', 2)]['steps'] == 1000
+  md = claims.make_claims_report(runs, str(tmp_path / 'r'))['markdown']
+  assert '50.0 (1 seed, steps not kept, 2.0 min)' in md
+  assert '20.0 (1 seed, 1000 steps, minutes not kept)' in md
+
+
+def test_one_run_per_method_n_and_seed(tmp_path):
+  twice = _runs() + [dict(_run('gradmem', 1, 2, 1, 0.3), slug='again')]
+  with pytest.raises(ValueError, match=r'two runs of GradMem K=1 at N=2, seed 1 \(.* and again\)'):
+    claims.cells(twice)
+  rows = claims.ledger_rows(_runs()[:2])
+  path = tmp_path / 'runs.csv'
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
+    w.writeheader()
+    w.writerows(rows + rows[:1])
+  with pytest.raises(ValueError, match=r'line 4: the same run as line 2 \(GradMem K=1, N=2, seed 0\)'):
+    claims.read_ledger(str(path))
 
 
 def test_a_bad_ledger_row_is_an_error_naming_line_and_field(tmp_path):
@@ -171,7 +203,8 @@ def test_a_bad_ledger_row_is_an_error_naming_line_and_field(tmp_path):
   check({'K': 'two'}, r"line 3, field 'K': 'two' is not an integer")
   check({'method': 'full_context'}, r"line 3, field 'method': 'full_context'; allowed")
   check({'rmt_update': 'add'}, r"line 3, field 'rmt_update': 'add'; allowed")
-  check({'grad_mode': 'zeroth'}, r"line 2, field 'grad_mode': 'zeroth'", row=0)
+  check({'grad_mode': 'zeroth'}, r"line 2, field 'grad_mode': 'zeroth'; allowed: \('second'",
+        row=0)
   check({'label': 'RMT x1'}, r"line 3, field 'label': 'RMT x1' does not match .*'RMT x2'")
   check({'k_extrapolation': '[1, 2]'}, r"line 3, field 'k_extrapolation': '\[1, 2\]' is not")
   (tmp_path / 'other.csv').write_text('method,n_pairs\ngradmem,2\n')

@@ -202,6 +202,16 @@ def test_a_point_another_process_is_training_is_left_to_it(tmp_path):
   assert not (sd / 'n_pairs=2' / 'stdout.log').exists()
 
 
+def test_a_point_taken_between_look_and_launch_is_busy_not_failed(tmp_path, monkeypatch):
+  from gradmem_jax import workdir_lock
+  (tmp_path / 'says_busy.py').write_text(f'import sys\nsys.exit({workdir_lock.BUSY_EXIT})\n')
+  monkeypatch.setenv('PYTHONPATH', str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  s = sweeps.Sweep('one', [{'n_pairs': 2}])
+  status = sweeps.run_sweep('configs/kv_retrieval.py', s, str(tmp_path / 'sd'),
+                            module='says_busy', log=lambda _: None, cwd=ROOT)
+  assert status == [{'slug': 'n_pairs=2', 'status': 'busy (it has finished since)'}]
+
+
 def test_dry_run_prints_one_command_per_point(tmp_path):
   out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
               f'--sweep={ROOT}/configs/sweeps/n_pairs.py:paper', f'--sweep_dir={tmp_path}',

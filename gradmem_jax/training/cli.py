@@ -17,15 +17,14 @@ import tempfile
 from typing import Optional
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from gradmem_jax import cli_utils
 from gradmem_jax.training.mesh import finish_distributed
-from gradmem_jax.workdir_lock import WorkdirBusyError
+from gradmem_jax.workdir_lock import BUSY_EXIT, WorkdirBusyError
 from gradmem_jax.training.train import NonFiniteError, train_and_evaluate
 
 NONFINITE_EXIT = 3
-BUSY_EXIT = 4  # another process is training in the workdir (workdir_lock.py)
 
 
 def config_file_help(path: Optional[str]) -> str:
@@ -69,8 +68,7 @@ def run(default_config: Optional[str]) -> None:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
   def main(argv):
-    if not flags.FLAGS['verbosity'].present:  # absl would switch to INFO after parsing
-      absl_logging.set_verbosity(absl_logging.WARNING)
+    cli_utils.quiet_logs_unless_asked()
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     wd = workdir.value or tempfile.mkdtemp(prefix='gradmem_')
@@ -78,14 +76,10 @@ def run(default_config: Optional[str]) -> None:
       print(f'no --workdir given: writing to {wd}', flush=True)
     try:
       train_and_evaluate(config.value, wd)
-    except NonFiniteError as e:
+    except (NonFiniteError, WorkdirBusyError) as e:
       print(f'error: {e}', file=sys.stderr, flush=True)
       finish_distributed()
-      sys.exit(NONFINITE_EXIT)
-    except WorkdirBusyError as e:
-      print(f'error: {e}', file=sys.stderr, flush=True)
-      finish_distributed()
-      sys.exit(BUSY_EXIT)
+      sys.exit(NONFINITE_EXIT if isinstance(e, NonFiniteError) else BUSY_EXIT)
     finish_distributed()
 
   app.run(main)

@@ -15,6 +15,7 @@ jax_debug_nans (for replaying a step).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -192,9 +193,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'workdir={workdir!r}: object-store URLs are not supported (the metrics log is '
                      'appended to); use a local or shared filesystem path, e.g. a GCS FUSE mount')
   mesh_lib.maybe_initialize_distributed(config)
-  if jax.process_index() != 0:
-    return _train_and_evaluate(config, workdir)
-  with workdir_lock.hold(workdir):
+  with contextlib.ExitStack() as stack:
+    busy = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lock.hold(workdir))
+      except workdir_lock.WorkdirBusyError as e:
+        busy = e
+    if jax.process_count() > 1:  # every process stops, not only the one that tried the lock
+      from jax.experimental import multihost_utils
+      if int(multihost_utils.broadcast_one_to_all(np.int32(busy is not None))):
+        raise busy or workdir_lock.WorkdirBusyError(
+            f'workdir {workdir} is in use by another training process (process 0 says so)')
+    elif busy is not None:
+      raise busy
     return _train_and_evaluate(config, workdir)
 
 

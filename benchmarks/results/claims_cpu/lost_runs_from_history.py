@@ -28,8 +28,8 @@ METHOD = {'GradMem K=1': ('gradmem', 1, 'second', ''), 'GradMem K=2': ('gradmem'
           'RMT x1': ('rmt', 1, '', 'replace'), 'RMT x2': ('rmt', 2, '', 'replace')}
 
 
-def cells_at(commit):
-  text = subprocess.run(['git', 'show', f'{commit}:{CSV}'], capture_output=True, text=True,
+def cells_at(commit, path=CSV):
+  text = subprocess.run(['git', 'show', f'{commit}:{path}'], capture_output=True, text=True,
                         check=True).stdout
   return {(r['method'], int(r['n_pairs'])): r for r in csv.DictReader(io.StringIO(text))}
 
@@ -63,7 +63,7 @@ def main():
   with open(os.path.join(HERE, 'lost_runs.csv'), 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
     w.writeheader()
-    w.writerows(sorted(rows, key=lambda r: (claims._order(r['label']), r['n_pairs'], r['seed'])))
+    w.writerows(sorted(rows, key=lambda r: (claims.label_order(r['label']), r['n_pairs'], r['seed'])))
   # The check: the ledger gives back the last committed means and spreads.
   cs = claims.cells(claims.read_ledger(os.path.join(HERE, 'lost_runs.csv')))
   for (lab, n), c in three.items():
@@ -77,13 +77,12 @@ def main():
   # GradMem K=1 seed 1 at RMT's 12,000 steps (claims.py:equal_budget), reported over the three
   # 4,000-step seeds with seed 1 replaced (b13e708's claims_equal_budget/claims.csv):
   # seed 1's run = 3 x mean(overlay) - (3 x mean(f9ff6dc) - old seed 1).
-  eb = {(r['method'], int(r['n_pairs'])): r for r in csv.DictReader(io.StringIO(subprocess.run(
-      ['git', 'show', 'b13e708:benchmarks/results/claims_equal_budget/claims.csv'],
-      capture_output=True, text=True, check=True).stdout))}
+  eb = cells_at('b13e708', 'benchmarks/results/claims_equal_budget/claims.csv')
   old1 = {(r['label'], r['n_pairs']): r for r in rows if r['seed'] == 1}
   eb_rows = []
   for n in (2, 4):
     c, c3, o = eb[('GradMem K=1', n)], three[('GradMem K=1', n)], old1[('GradMem K=1', n)]
+    assert int(c['seeds']) == 3, c  # seed 1 replaced among the same three seeds
     rest_em = 3 * float(c3['em_mean']) - o['best_em']
     rest_min = 3 * float(c3['minutes_mean']) - o['wall_time_s'] / 60
     rest_steps = 3 * float(c3['steps_mean']) - o['steps']
@@ -96,6 +95,15 @@ def main():
     w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
     w.writeheader()
     w.writerows(eb_rows)
+  # The check: with seeds 0 and 2 from the ledger above, b13e708's cells come back.
+  others = [r for r in claims.read_ledger(os.path.join(HERE, 'lost_runs.csv'))
+            if not (claims.label(r) == 'GradMem K=1' and r['seed'] == 1 and r['n_pairs'] < 8)]
+  ecs = claims.cells(others + claims.read_ledger(path))
+  for n in (2, 4):
+    got, want = ecs[('GradMem K=1', n)], eb[('GradMem K=1', n)]
+    for field, key in (('em_mean', 'em_mean'), ('em_std', 'em_std'), ('steps', 'steps_mean'),
+                       ('minutes', 'minutes_mean')):
+      assert abs(got[field] - float(want[key])) < 1e-9, (n, field)
   print(f'{os.path.normpath(path)}: ' + ', '.join(
       f"N={r['n_pairs']} {100 * r['best_em']:.1f}% ({r['steps']} steps, "
       f"{r['wall_time_s'] / 60:.1f} min)" for r in eb_rows))
