@@ -232,6 +232,15 @@ def k_extrapolation_table(cs: 'OrderedDict[tuple, dict]') -> Optional[str]:
   return '\n'.join(lines)
 
 
+def _save(plt, fig, ax, path: str, grid_axis: str = 'both') -> bool:
+  ax.grid(alpha=0.3, axis=grid_axis)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
 def plot_em_vs_n(cs, path: str) -> bool:
   if not cs:
     return False
@@ -252,12 +261,7 @@ def plot_em_vs_n(cs, path: str) -> bool:
          title='KV retrieval: EM vs N (mean ± std over seeds; hollow: one seed)')
   ax.set_xticks(sorted({n for _, n in cs}), [str(n) for n in sorted({n for _, n in cs})])
   ax.set_xticks([], minor=True)  # only the N that ran are labelled (no '3x10^0' minor labels)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(plt, fig, ax, path)
 
 
 def plot_em_vs_k_eval(cs, path: str) -> bool:
@@ -283,12 +287,7 @@ def plot_em_vs_k_eval(cs, path: str) -> bool:
          title='Test-time K (ring: the K it was trained with)')
   ax.set_xticks(ks, [str(k) for k in ks])
   ax.set_xticks([], minor=True)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(plt, fig, ax, path)
 
 
 def plot_orders(cs, path: str) -> bool:
@@ -310,12 +309,7 @@ def plot_orders(cs, path: str) -> bool:
                      for lab, n in pairs])
   ax.set(ylabel='best validation EM (%)', ylim=(0, 102),
          title='GradMem: second- vs first-order meta-gradient (mean ± std over seeds)')
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3, axis='y')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(plt, fig, ax, path, grid_axis='y')
 
 
 def _seeds_word(a: dict, b: dict) -> str:

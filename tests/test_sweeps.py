@@ -184,12 +184,7 @@ def test_variants_sharing_a_dir_keep_each_others_points_in_the_manifest(tmp_path
 
 def test_a_point_another_process_is_training_is_left_to_it(tmp_path):
   from gradmem_jax import workdir_lock
-  sweep_file = tmp_path / 'two.py'
-  sweep_file.write_text(
-      'from gradmem_jax.sweeps import Sweep\n'
-      'def get_sweep(arg=None):\n'
-      '  return Sweep("two", [{"n_pairs": 2}, {"n_pairs": 4}], init_from={"n_pairs=4": "n_pairs=2"})\n')
-  s = sweeps.load_sweep(str(sweep_file))
+  s = sweeps.Sweep('two', [{'n_pairs': 2}, {'n_pairs': 4}], init_from={'n_pairs=4': 'n_pairs=2'})
   sd = tmp_path / 'sd'
   logs = []
   with workdir_lock.hold(str(sd / 'n_pairs=2')):
