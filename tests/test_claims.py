@@ -254,6 +254,13 @@ def test_claims_sweep_curriculum_in_n():
     assert sweeps.slug(p) in full_slugs
     assert k5.init_from.get(sweeps.slug(p)) == full.init_from.get(sweeps.slug(p))
   assert (k5.name, k5.base) == (full.name, full.base)
+  k5s = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:k5_seeds'))
+  assert [(p['method'], p['K'], p['n_pairs'], p['seed']) for p in k5s.points] == [
+      (m, 5, n, s) for s in (1, 2) for m in ('gradmem', 'rmt') for n in (2, 4)]
+  for p in k5s.points:
+    assert sweeps.slug(p) in full_slugs
+    assert k5s.init_from.get(sweeps.slug(p)) == full.init_from.get(sweeps.slug(p))
+  assert (k5s.name, k5s.base) == (full.name, full.base)
   tune = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune'))
   assert len(tune.points) == 5 + 5 * 3  # 5 N=2 sources, each with 3 outer lrs at N=4
   for p in tune.points:

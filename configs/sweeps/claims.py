@@ -27,6 +27,7 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
   k5_seed0   `cpu`'s K=5 pair of claim 2 (GradMem K=5, RMT x5) at N in {2, 4}, seed 0: GradMem's
              two runs first (about an hour on 2 cores), then RMT x5's (its 12,000 steps: about two
              hours). A part of `cpu`, like `k1_seeds`.
+  k5_seeds   the same K=5 pair for seeds 1-2 (about 3-4 hours per seed on 2 cores).
   equal_budget  GradMem K=1 (second order) at RMT's step budget (12,000 steps, not 4,000),
              seeds 1, 2, 0 (in that order), N in {2, 4}: `cpu`'s GradMem seeds 1-2 were still
              rising at 4,000 steps (a plateau near 30% EM that each seed leaves at a different
@@ -146,6 +147,10 @@ def get_sweep(arg=None):
     return _claims('claims_cpu', [2, 4], [0], cpu_base,
                    'KV claim 2 at CPU scale (GradMem K=5 vs RMT x5), seed 0, N in {2, 4}',
                    methods=[m for m in METHODS if m['K'] == 5])
+  if variant == 'k5_seeds':
+    return _claims('claims_cpu', [2, 4], [1, 2], cpu_base,
+                   'KV claim 2 at CPU scale (GradMem K=5 vs RMT x5), seeds 1-2, N in {2, 4}',
+                   methods=[m for m in METHODS if m['K'] == 5])
   if variant == 'equal_budget':
     return _claims('claims_equal_budget', [2, 4], [1, 2, 0], cpu_base,
                    'GradMem K=1 at RMT\'s 12,000-step budget, seeds 0-2, N in {2, 4}',
@@ -158,4 +163,4 @@ def get_sweep(arg=None):
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
   raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
-                   'k2_seeds, k5_seed0, equal_budget, depth, paper')
+                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, depth, paper')
