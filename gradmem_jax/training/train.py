@@ -194,19 +194,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      'appended to); use a local or shared filesystem path, e.g. a GCS FUSE mount')
   mesh_lib.maybe_initialize_distributed(config)
   with contextlib.ExitStack() as stack:
-    busy = None
+    failed = None  # process 0's: a busy workdir, or one it cannot create or lock
     if jax.process_index() == 0:
       try:
         stack.enter_context(workdir_lock.hold(workdir))
-      except workdir_lock.WorkdirBusyError as e:
-        busy = e
+      except (workdir_lock.WorkdirBusyError, OSError) as e:
+        failed = e
     if jax.process_count() > 1:  # every process stops, not only the one that tried the lock
       from jax.experimental import multihost_utils
-      if int(multihost_utils.broadcast_one_to_all(np.int32(busy is not None))):
-        raise busy or workdir_lock.WorkdirBusyError(
-            f'workdir {workdir} is in use by another training process (process 0 says so)')
-    elif busy is not None:
-      raise busy
+      code = 0 if failed is None else (
+          1 if isinstance(failed, workdir_lock.WorkdirBusyError) else 2)
+      code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+      if code and failed is None:  # not process 0: its error has the details
+        raise (workdir_lock.WorkdirBusyError if code == 1 else RuntimeError)(
+            f'workdir {workdir}: process 0 could not take it '
+            f'({"another training process holds it" if code == 1 else "see its error"})')
+    if failed is not None:
+      raise failed
     return _train_and_evaluate(config, workdir)
 
 
