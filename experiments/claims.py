@@ -74,7 +74,7 @@ def main(argv):
     return
   try:
     out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value)
-  except ValueError as e:  # e.g. two runs of one method, N and seed
+  except claims.DuplicateRunError as e:
     raise app.UsageError(str(e))
   print(out['markdown'])
   print('wrote ' + ', '.join(out['files']))

@@ -67,6 +67,10 @@ def _line_style(lab: str) -> str:
   return '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
 
 
+class DuplicateRunError(ValueError):
+  """Two runs of one method, N and seed in a report's input."""
+
+
 def _run_name(run: dict) -> str:
   return run.get('slug') or run.get('source') or 'a run without a name'
 
@@ -90,7 +94,7 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
     for m in members:
       seed = int(m.get('seed', 0))
       if seed in seen:
-        raise ValueError(
+        raise DuplicateRunError(
             f'two runs of {key[0]} at N={key[1]}, seed {seed} ({_run_name(seen[seed])} and '
             f'{_run_name(m)}): a claims report takes one run per method, N and seed; give the '
             'longer run as a later --sweep_dir (it replaces the earlier) or leave one out')

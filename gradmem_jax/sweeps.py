@@ -230,13 +230,13 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     os.makedirs(wd, exist_ok=True)
     with open(os.path.join(wd, 'stdout.log'), 'a') as out:
       rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-    n_done += 1
-    ok = rc == 0 and is_finished(wd)
     if rc == workdir_lock.BUSY_EXIT:  # another process took the workdir after holder() looked
       busy = workdir_lock.holder(wd) or 'it has finished since'
       log(f'  {slug(p)}: not run, another process is training it ({busy})')
       status.append({'slug': slug(p), 'status': f'busy ({busy})'})
       continue
+    n_done += 1
+    ok = rc == 0 and is_finished(wd)
     status.append({'slug': slug(p), 'status': 'ok' if ok else f'failed (exit {rc})'})
     if not ok:
       log(f'  {slug(p)} failed with exit code {rc}; see {wd}/stdout.log')

@@ -142,6 +142,16 @@ def test_two_processes_with_jax_distributed_agree(tmp_path):
   np.testing.assert_allclose(_losses(wd), _losses(single), rtol=1e-5)
   r = json.load(open(single / 'results.json'))
   np.testing.assert_allclose(sums[0], r['params_checksum'], rtol=1e-6)
+  # A second two-process run on the workdir while another process holds it: both processes stop
+  # (process 0 took the lock and says who holds it; process 1 hears it from process 0), with the
+  # busy exit status, instead of process 1 waiting at its first collective.
+  from gradmem_jax import workdir_lock
+  with workdir_lock.hold(str(wd)):
+    procs, outs = _run_two_processes(wd)
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == workdir_lock.BUSY_EXIT, f'process {i}:\n{out[-3000:]}'
+  assert f'in use by another training process (pid {os.getpid()} on ' in outs[0]
+  assert 'process 0 could not take it (another training process holds it)' in outs[1]
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -198,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
       try:
         stack.enter_context(workdir_lock.hold(workdir))
-      except (workdir_lock.WorkdirBusyError, OSError) as e:
+      except Exception as e:  # noqa: BLE001 - re-raised below, after the others are told
         failed = e
     if jax.process_count() > 1:  # every process stops, not only the one that tried the lock
       from jax.experimental import multihost_utils
