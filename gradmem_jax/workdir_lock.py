@@ -40,11 +40,13 @@ def _owner(f) -> str:
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[None]:
   """Holds the workdir's lock until the block ends; WorkdirBusyError if another process has it."""
+  created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   if fcntl is None:
     yield
     return
-  with open(os.path.join(workdir, LOCK_NAME), 'a+') as f:
+  path = os.path.join(workdir, LOCK_NAME)
+  with open(path, 'a+') as f:
     deadline = time.monotonic() + _RETRY_S
     while True:
       try:
@@ -64,6 +66,13 @@ def hold(workdir: str) -> Iterator[None]:
       f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
       f.flush()
       yield
+    except BaseException:
+      # A run that failed before writing anything (a bad config, say) leaves no directory that
+      # it created itself: a typo'd command does not leave an empty run behind.
+      if created and os.listdir(workdir) == [LOCK_NAME]:
+        os.remove(path)
+        os.rmdir(workdir)
+      raise
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
 

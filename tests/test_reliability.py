@@ -477,6 +477,20 @@ def test_a_second_run_on_a_busy_workdir_stops_before_touching_it(tmp_path):
   assert r['steps'] == 2 and workdir_lock.holder(wd) is None  # and lets go when done
 
 
+def test_a_bad_config_leaves_no_workdir_behind(tmp_path):
+  from configs import kv_retrieval
+  from gradmem_jax.training import train_and_evaluate
+  config = kv_retrieval.get_config('tiny')
+  config.memory.K = -1
+  with pytest.raises(ValueError, match='memory.K must be >= 0'):
+    train_and_evaluate(config, str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()  # the run made it, and took it away again
+  os.makedirs(tmp_path / 'mine')
+  with pytest.raises(ValueError, match='memory.K must be >= 0'):
+    train_and_evaluate(config, str(tmp_path / 'mine'))
+  assert os.listdir(tmp_path / 'mine') == ['run.lock']  # the user's directory stays
+
+
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
   import signal
   import subprocess
