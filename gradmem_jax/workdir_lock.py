@@ -5,7 +5,9 @@ same checkpoints and metrics.
 
 The lock is an flock(2) on an open file: the kernel drops it when the holder exits, however it
 exits (crash, kill -9, power loss of a local disk), so there is never a stale lock to clear by
-hand. The file itself stays (removing a lock file races with the next process opening it).
+hand. The file itself stays (removing a lock file races with the next process opening it),
+except where the run created the workdir and failed before writing anything else: then the
+workdir goes too, so a typo'd command leaves nothing behind.
 Without fcntl (not POSIX) there is no lock; on a network filesystem it is as good as that
 filesystem's flock. Imports nothing heavy: the sweep runner asks `holder()` before launching.
 """
@@ -46,7 +48,7 @@ def hold(workdir: str) -> Iterator[None]:
     yield
     return
   path = os.path.join(workdir, LOCK_NAME)
-  with open(path, 'a+') as f:
+  with open(path, 'a+', errors='replace') as f:
     deadline = time.monotonic() + _RETRY_S
     while True:
       try:
@@ -82,7 +84,7 @@ def holder(workdir: str) -> Optional[str]:
   path = os.path.join(workdir, LOCK_NAME)
   if fcntl is None or not os.path.exists(path):
     return None
-  with open(path) as f:
+  with open(path, errors='replace') as f:
     try:
       fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
