@@ -22,6 +22,10 @@ _FROM_ARCHIVE = flags.DEFINE_string(
     'from_archive', None, 'An archive of this sweep (experiments.archive): its finished points '
     'that the sweep dir lacks are copied in first, so they are skipped and the next curriculum '
     'step starts from their archived best parameters.')
+_ONLY = flags.DEFINE_string(
+    'only', None, 'Run (and evaluate) only the points whose name matches this regular expression, '
+    'e.g. "K=2,grad_mode=first" or "^n_pairs=[24],.*seed=1$"; the others stay in the sweep dir\'s '
+    'manifest and report. A point whose curriculum source is left out waits for that source.')
 _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point whose method '
                             'supports it with these K_eval values (k_extrapolation.json).')
 
@@ -31,6 +35,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   sweep = sweeps.load_sweep(_SWEEP.value)
+  if _ONLY.value:
+    try:
+      sweep = sweeps.select(sweep, _ONLY.value)
+    except ValueError as e:
+      raise app.UsageError(str(e))
   sweeps.validate_points(_CONFIG.value, sweep)
   print(f'sweep {sweep.name}: {len(sweep.points)} points -> {_SWEEP_DIR.value}', flush=True)
   log = lambda s: print(s, flush=True)

@@ -15,6 +15,7 @@ import filecmp
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -40,6 +41,21 @@ class Sweep:
   # (train.init_from=<sweep_dir>/<source>; fresh optimizer). A source runs before its users
   # (list it earlier); the init is not part of the point's slug.
   init_from: dict = dataclasses.field(default_factory=dict)
+
+
+def select(sweep: Sweep, pattern: str) -> Sweep:
+  """The sweep's points whose slug matches the regular expression `pattern` (re.search), with
+  their curriculum sources kept as they are: a point whose source is left out runs only once that
+  source has finished (in this sweep dir). A pattern that matches nothing is an error."""
+  try:
+    rx = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f'--only={pattern!r} is not a regular expression: {e}') from None
+  points = [p for p in sweep.points if rx.search(slug(p))]
+  if not points:
+    raise ValueError(f'--only={pattern!r} matches none of the {len(sweep.points)} points of sweep '
+                     f'{sweep.name!r}; e.g. {slug(sweep.points[0])!r}')
+  return dataclasses.replace(sweep, points=points)
 
 
 def grid(**axes: Sequence[Any]) -> list[Point]:

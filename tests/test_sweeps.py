@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,6 +217,28 @@ def test_dry_run_prints_one_command_per_point(tmp_path):
   assert len(set(cmds)) == 48
   assert all('--workdir=' in c and 'paper_n16' in c for c in cmds)
   assert not any(os.path.isdir(tmp_path / d) for d in os.listdir(tmp_path))  # nothing ran
+  # --only: the points whose names match, with the sweep dir's curriculum sources kept.
+  out = _run(['experiments.sweep', f'--sweep={ROOT}/configs/sweeps/claims.py:cpu',
+              f'--sweep_dir={tmp_path / "c"}', '--dry_run', '--only=K=2,grad_mode=first.*seed=1$'])
+  cmds = [l for l in out.splitlines() if 'experiments.train' in l]
+  assert len(cmds) == 3  # N = 2, 4, 8 of one seed
+  workdirs = [re.search(r'--workdir=(\S+)', c).group(1) for c in cmds]
+  assert [os.path.basename(w).split(',')[0] for w in workdirs] == [
+      'n_pairs=2', 'n_pairs=4', 'n_pairs=8']
+  assert all(',K=2,grad_mode=first,' in w and w.endswith(',seed=1') for w in workdirs)
+  assert sum('init_from=' in c for c in cmds) == 2  # N=4 from N=2, N=8 from N=4
+
+
+def test_only_selects_points_by_name():
+  full = sweeps.load_sweep(f'{ROOT}/configs/sweeps/claims.py:cpu')
+  part = sweeps.select(full, r'^n_pairs=[24],method=gradmem,K=2,grad_mode=first')
+  assert [(p['n_pairs'], p['seed']) for p in part.points] == [(n, s) for s in (0, 1, 2)
+                                                              for n in (2, 4)]
+  assert part.init_from == full.init_from and part.name == full.name and part.base == full.base
+  with pytest.raises(ValueError, match=r"--only='nope' matches none of the 72 points"):
+    sweeps.select(full, 'nope')
+  with pytest.raises(ValueError, match=r"--only='\(' is not a regular expression"):
+    sweeps.select(full, '(')
 
 
 @pytest.mark.parametrize('name', ['k_steps', 'n_pairs', 'inner_lr', 'grad_mode', 'memory_size'])
