@@ -75,17 +75,22 @@ def _run_name(run: dict) -> str:
   return run.get('slug') or run.get('source') or 'a run without a name'
 
 
+def claim_runs(runs: Sequence[dict]):
+  """(label, run) of the runs a claims report uses: a claims method, an N and a best EM."""
+  for r in runs:
+    lab = label(r)
+    if lab is not None and r.get('best', {}).get('em') is not None and \
+        r.get('n_pairs') is not None:
+      yield lab, r
+
+
 def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
   """(label, N) -> {'em_mean', 'em_std' (None for one seed), 'seeds', 'steps', 'minutes' (mean
   over the 'timed' runs that kept their wall time; None if none did), 'timed',
   'k_extrapolation' (K_eval -> mean EM over the seeds that have it), 'kx_seeds' (how many
   have it)}."""
   groups: dict = {}
-  for r in runs:
-    lab = label(r)
-    em = r.get('best', {}).get('em')
-    if lab is None or em is None or r.get('n_pairs') is None:
-      continue
+  for lab, r in claim_runs(runs):
     groups.setdefault((lab, int(r['n_pairs'])), []).append(r)
   out: 'OrderedDict[tuple, dict]' = OrderedDict()
   for key in sorted(groups, key=lambda k: (label_order(k[0]), k[1])):
@@ -109,8 +114,8 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
     out[key] = {'em_mean': float(np.mean(ems)),
                 'em_std': float(np.std(ems)) if len(ems) > 1 else None,
                 'seeds': len(ems),
-                'seed_ids': sorted(int(m.get('seed', 0)) for m in members),
-                'by_seed': {int(m.get('seed', 0)): float(m['best']['em']) for m in members},
+                'seed_ids': sorted(seen),
+                'by_seed': {seed: float(m['best']['em']) for seed, m in seen.items()},
                 'steps': float(np.mean(steps)) if steps else None,
                 'minutes': (float(np.mean(walls)) / 60 if walls else None),
                 'timed': len(walls),
@@ -346,10 +351,8 @@ LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', '
 def ledger_rows(runs: Sequence[dict]) -> list[dict]:
   """The claims runs (label() not None, with a best EM) as ledger rows, in report order."""
   rows = []
-  for r in runs:
-    lab, em = label(r), r.get('best', {}).get('em')
-    if lab is None or em is None or r.get('n_pairs') is None:
-      continue
+  for lab, r in claim_runs(runs):
+    em = r['best']['em']
     kx = {int(row['K_eval']): float(row['em']) for row in r.get('k_extrapolation') or ()}
     rows.append({
         'label': lab, 'method': r['method'], 'K': int(r['K']),
@@ -367,7 +370,11 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
 
 def write_ledger(runs: Sequence[dict], path: str) -> int:
   """runs.csv: one row per claims run (written whole, then renamed). Returns the row count."""
-  rows = ledger_rows(runs)
+  return write_ledger_rows(ledger_rows(runs), path)
+
+
+def write_ledger_rows(rows: Sequence[dict], path: str) -> int:
+  """Ledger rows (LEDGER_FIELDS, e.g. ledger_rows' or made by hand) to a runs.csv."""
   tmp = path + '.tmp'
   with open(tmp, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=LEDGER_FIELDS)

@@ -231,11 +231,14 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
           'not keep them (experiments.archive keeps those of curriculum chains by default)')
       status.append({'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'})
       continue
+    def left_to(holder: str, head: str) -> None:
+      log(f'{head}{slug(p)}: not run, another process is training it ({holder}); rerun the '
+          'sweep after it ends')
+      status.append({'slug': slug(p), 'status': f'busy ({holder})'})
+
     busy = workdir_lock.holder(wd)
     if busy:
-      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, another process is training it '
-          f'({busy}); rerun the sweep after it ends')
-      status.append({'slug': slug(p), 'status': f'busy ({busy})'})
+      left_to(busy, f'[{i + 1}/{len(sweep.points)}] ')
       continue
     cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
     elapsed = time.perf_counter() - t_sweep
@@ -247,9 +250,7 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     with open(os.path.join(wd, 'stdout.log'), 'a') as out:
       rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     if rc == workdir_lock.BUSY_EXIT:  # another process took the workdir after holder() looked
-      busy = workdir_lock.holder(wd) or 'it has finished since'
-      log(f'  {slug(p)}: not run, another process is training it ({busy})')
-      status.append({'slug': slug(p), 'status': f'busy ({busy})'})
+      left_to(workdir_lock.holder(wd) or 'it has finished since', '  ')
       continue
     n_done += 1
     ok = rc == 0 and is_finished(wd)

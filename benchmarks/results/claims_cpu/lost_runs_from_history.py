@@ -60,10 +60,9 @@ def main():
     m2 = 3 * float(c['minutes_mean']) - 2 * float(c2['minutes_mean'])
     row(lab, n, 1, em1, m1, c['steps_mean'], '2 x mean(21bce43) - seed 0')
     row(lab, n, 2, em2, m2, c['steps_mean'], '3 x mean(f9ff6dc) - 2 x mean(21bce43)')
-  with open(os.path.join(HERE, 'lost_runs.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
-    w.writeheader()
-    w.writerows(sorted(rows, key=lambda r: (claims.label_order(r['label']), r['n_pairs'], r['seed'])))
+  claims.write_ledger_rows(
+      sorted(rows, key=lambda r: (claims.label_order(r['label']), r['n_pairs'], r['seed'])),
+      os.path.join(HERE, 'lost_runs.csv'))
   # The check: the ledger gives back the last committed means and spreads.
   cs = claims.cells(claims.read_ledger(os.path.join(HERE, 'lost_runs.csv')))
   for (lab, n), c in three.items():
@@ -91,10 +90,7 @@ def main():
                         steps=round(3 * float(c['steps_mean']) - rest_steps),
                         source='run dir lost; 3 x mean(b13e708 equal_budget) - seeds 0, 2'))
   path = os.path.join(HERE, '..', 'claims_equal_budget', 'lost_runs.csv')
-  with open(path, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
-    w.writeheader()
-    w.writerows(eb_rows)
+  claims.write_ledger_rows(eb_rows, path)
   # The check: with seeds 0 and 2 from the ledger above, b13e708's cells come back.
   others = [r for r in claims.read_ledger(os.path.join(HERE, 'lost_runs.csv'))
             if not (claims.label(r) == 'GradMem K=1' and r['seed'] == 1 and r['n_pairs'] < 8)]
