@@ -1,6 +1,7 @@
 r"""The paper's three KV claims from a claims sweep: one Markdown + CSV table, the claims with their
-numbers, and figures: EM vs N, EM vs K_eval, second vs first order (gradmem_jax/claims.py says how
-a claim is judged).
+numbers, and figures: EM vs N, EM vs K_eval, second vs first order, learning curves; which runs
+were still rising when their steps ran out (gradmem_jax/claims.py says how a claim is judged and
+when a run counts as cut short).
 
   python -m experiments.sweep --sweep=configs/sweeps/claims.py:cpu --sweep_dir=runs/claims_cpu \
       --K_eval=1,2,5,8

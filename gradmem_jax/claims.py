@@ -7,7 +7,9 @@
   3. the second-order meta-gradient is essential (first order collapses).
 
 Every cell is the mean and spread (population std) of the best validation EM over seeds, with the
-number of seeds, steps and minutes it took. A claim is called supported at an N when the two means
+number of seeds, steps and minutes it took, and how many of its runs were still rising when they
+stopped (`convergence`: the issue asks for runs that converged or plateaued, and a run cut short
+understates its method). A claim is called supported at an N when the two means
 differ by more than the sum of the two spreads (and by at least one point of EM); with one seed it
 is only "ahead" / "behind": no spread, no verdict. The paper's numbers stand beside ours.
 """
@@ -34,6 +36,10 @@ PAPER = {
     'GradMem K=2 first-order': {8: 46.7, 16: 4.2},
 }
 MIN_GAP = 0.01  # a difference below one point of EM is no difference
+# A run is still rising when the best validation EM of its last quarter of steps beats the best
+# before it by more than this: two points of EM, more than a plateaued run's evaluations wobble
+# (GradMem K=2 at N=4, seed 1: 94.6-95.6% over its last 2,500 steps).
+RISE = 0.02
 # memory/config.py's, restated so that the report tools import no JAX (a test checks they match).
 GRAD_MODES = ('second', 'first', 'none')
 RMT_UPDATES = ('replace', 'residual')
@@ -65,6 +71,43 @@ def label_order(lab: str) -> tuple:
 
 def _line_style(lab: str) -> str:
   return '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
+
+
+def em_curve(metrics_path: str) -> list:
+  """[(step, validation EM)] from a run's metrics.jsonl, by step. A resumed run logs again the
+  steps after its last checkpoint: the later record of a step wins (the one the run went on
+  from). [] when the file is absent."""
+  if not os.path.exists(metrics_path):
+    return []
+  by_step: dict = {}
+  with open(metrics_path) as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except ValueError:
+        raise ValueError(f'{metrics_path}, line {n}: not a JSON record: {line[:80]!r}')
+      if 'val/em' in rec and 'step' in rec:
+        by_step[int(rec['step'])] = float(rec['val/em'])
+  return sorted(by_step.items())
+
+
+def convergence(run: dict) -> Optional[str]:
+  """'target' (stopped at its target EM), 'rising' (the best EM of the last quarter of its steps
+  beats the best before it by more than RISE: cut short), 'plateau' (neither), or None (no
+  learning curve kept, or fewer than two evaluations on either side of the last quarter)."""
+  if str(run.get('stop_reason') or '').startswith('target EM'):
+    return 'target'
+  curve = run.get('em_curve') or []
+  if not curve:
+    return None
+  last = curve[-1][0]
+  late = [em for step, em in curve if step > 0.75 * last]
+  early = [em for step, em in curve if step <= 0.75 * last]
+  if not late or len(early) < 2:
+    return None
+  return 'rising' if max(late) - max(early) > RISE else 'plateau'
 
 
 class DuplicateRunError(ValueError):
@@ -107,6 +150,7 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
     ems = [float(m['best']['em']) for m in members]
     walls = [float(m['wall_time_s']) for m in members if m.get('wall_time_s') is not None]
     steps = [float(m['steps']) for m in members if m.get('steps') is not None]
+    verdicts = [convergence(m) for m in members]
     kx: dict = {}
     for m in members:
       for row in m.get('k_extrapolation') or ():
@@ -120,7 +164,11 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
                 'minutes': (float(np.mean(walls)) / 60 if walls else None),
                 'timed': len(walls),
                 'k_extrapolation': {k: float(np.mean(v)) for k, v in sorted(kx.items())},
-                'kx_seeds': sum(1 for m in members if m.get('k_extrapolation'))}
+                'kx_seeds': sum(1 for m in members if m.get('k_extrapolation')),
+                'rising': sum(v == 'rising' for v in verdicts),
+                'rising_seeds': sorted(int(m.get('seed', 0)) for m, v in zip(members, verdicts)
+                                       if v == 'rising'),
+                'judged': sum(v is not None for v in verdicts)}
   return out
 
 
@@ -134,8 +182,9 @@ def _cell_text(c: Optional[dict]) -> str:
     minutes = f'{c["minutes"]:.1f} min' + (
         '' if c['timed'] == c['seeds'] else f' over {c["timed"]} timed')
   steps = 'steps not kept' if c['steps'] is None else f'{c["steps"]:.0f} steps'
+  rising = '' if not c['judged'] else f'; rising {c["rising"]}/{c["judged"]}'
   return (f'{100 * c["em_mean"]:.1f}{spread} ({c["seeds"]} seed{"s" * (c["seeds"] > 1)}, '
-          f'{steps}, {minutes})')
+          f'{steps}, {minutes}{rising})')
 
 
 def em_vs_n_table(cs: 'OrderedDict[tuple, dict]') -> str:
@@ -321,6 +370,55 @@ def plot_orders(cs, path: str) -> bool:
   return _save(plt, fig, ax, path, grid_axis='y')
 
 
+def plot_curves(runs: Sequence[dict], path: str) -> bool:
+  """Validation EM against training step, a panel per N, a line per run (a colour per method, the
+  report's line styles), for the runs whose learning curves were kept: where the step budget
+  left each seed (climbing, or flat)."""
+  kept = [(lab, r) for lab, r in claim_runs(runs) if r.get('em_curve')]
+  if not kept:
+    return False
+  plt = _pyplot()
+  ns = sorted({int(r['n_pairs']) for _, r in kept})
+  labels = sorted({lab for lab, _ in kept}, key=label_order)
+  colours = {lab: f'C{i % 10}' for i, lab in enumerate(labels)}
+  fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 3.8), squeeze=False, sharey=True)
+  for ax, n in zip(axes[0], ns):
+    shown = set()
+    for lab, r in sorted(kept, key=lambda x: (label_order(x[0]), x[1].get('seed', 0))):
+      if int(r['n_pairs']) != n:
+        continue
+      steps, ems = zip(*r['em_curve'])
+      ax.plot(steps, [100 * e for e in ems], _line_style(lab), color=colours[lab], lw=1.2,
+              alpha=0.85, label=None if lab in shown else lab)
+      shown.add(lab)
+    ax.set(title=f'N={n}', xlabel='training step', ylim=(-2, 102))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  axes[0][0].set_ylabel('validation EM (%)')
+  fig.suptitle(f'Learning curves, a line per seed ({len(kept)} runs with curves kept)',
+               fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def convergence_lines(cs: 'OrderedDict[tuple, dict]') -> list[str]:
+  """The cells with runs cut short while still rising: their means understate the method."""
+  out = []
+  for (lab, n), c in cs.items():
+    if c['rising']:
+      out.append(f'- {lab}, N={n}: {_seed_text(c["rising_seeds"])} still rising '
+                 f'({c["rising"]} of {c["judged"]} with curves)')
+  judged = sum(c['judged'] for c in cs.values())
+  total = sum(c['seeds'] for c in cs.values())
+  if not judged:
+    return ['- no learning curves kept']
+  return (out or ['- none: every run with a curve had reached its target or plateaued']) + [
+      f'- {judged} of {total} runs have a learning curve; the others were kept without one '
+      '(e.g. rebuilt from a committed table)']
+
+
 def _seeds_word(a: dict, b: dict) -> str:
   return (f'{a["seeds"]} seed{"s" * (a["seeds"] > 1)}' if a['seeds'] == b['seeds']
           else f'{a["seeds"]} / {b["seeds"]} seeds')
@@ -345,7 +443,10 @@ def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
 # sweep directory, so a later report can add new runs to old ones without their directories.
 
 LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', 'seed', 'best_em',
-                 'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source')
+                 'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source', 'stop_reason',
+                 'em_curve')
+# Columns added later: a ledger written before them still reads (as runs without a curve).
+OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve')
 
 
 def ledger_rows(runs: Sequence[dict]) -> list[dict]:
@@ -363,7 +464,10 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'steps': '' if r.get('steps') is None else int(r['steps']),
         'wall_time_s': '' if r.get('wall_time_s') is None else float(r['wall_time_s']),
         'k_extrapolation': json.dumps(kx, sort_keys=True) if kx else '',
-        'source': r.get('source') or r.get('slug') or ''})
+        'source': r.get('source') or r.get('slug') or '',
+        'stop_reason': r.get('stop_reason') or '',
+        'em_curve': (json.dumps([[int(s), round(float(e), 6)] for s, e in r['em_curve']],
+                                separators=(',', ':')) if r.get('em_curve') else '')})
   rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
   return rows
 
@@ -403,7 +507,8 @@ def read_ledger(path: str) -> list[dict]:
   a bad one is an error naming its line and field, never skipped."""
   with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: a BOM from a spreadsheet
     reader = csv.DictReader(f)
-    missing = [k for k in LEDGER_FIELDS if k not in (reader.fieldnames or ())]
+    missing = [k for k in LEDGER_FIELDS if k not in (reader.fieldnames or ())
+               and k not in OPTIONAL_LEDGER_FIELDS]
     if missing:
       raise ValueError(f'{path}: not a claims runs ledger: missing columns {missing}; '
                        f'the columns are {list(LEDGER_FIELDS)}')
@@ -419,7 +524,8 @@ def read_ledger(path: str) -> list[dict]:
            'best_step': _ledger_value(path, line, row, 'best_step', int, allow_blank=True),
            'steps': _ledger_value(path, line, row, 'steps', int, allow_blank=True),
            'wall_time_s': _ledger_value(path, line, row, 'wall_time_s', float, allow_blank=True),
-           'source': (row['source'] or '').strip()}
+           'source': (row['source'] or '').strip(),
+           'stop_reason': (row.get('stop_reason') or '').strip() or None}
       em = _ledger_value(path, line, row, 'best_em', float)
       if not 0.0 <= em <= 1.0:
         raise ValueError(f"{where}, field 'best_em': {em} is outside [0, 1] (a fraction, not %)")
@@ -442,6 +548,15 @@ def read_ledger(path: str) -> list[dict]:
         except (ValueError, AttributeError, TypeError):
           raise ValueError(f"{where}, field 'k_extrapolation': {kx_text!r} is not a JSON object "
                            'of K_eval -> EM, e.g. {"1": 0.9, "2": 0.95}')
+      curve_text = (row.get('em_curve') or '').strip()
+      if curve_text:
+        try:
+          r['em_curve'] = [(int(step), float(em_)) for step, em_ in json.loads(curve_text)]
+        except (ValueError, TypeError):
+          raise ValueError(f"{where}, field 'em_curve': {curve_text[:60]!r} is not a JSON list "
+                           'of [step, EM] pairs, e.g. [[500, 0.41], [1000, 0.83]]')
+        if any(not 0.0 <= em_ <= 1.0 for _, em_ in r['em_curve']):
+          raise ValueError(f"{where}, field 'em_curve': an EM outside [0, 1] (fractions, not %)")
       lab = (row['label'] or '').strip()
       if lab and lab != label(r):
         raise ValueError(f"{where}, field 'label': {lab!r} does not match the row's method "
@@ -460,21 +575,30 @@ def load_runs(source: str) -> list[dict]:
   if os.path.isfile(source):
     return read_ledger(source)
   if os.path.isdir(source):
-    return sweeps.collect(source)
+    runs = sweeps.collect(source)
+    for r in runs:
+      r['em_curve'] = em_curve(os.path.join(source, r['slug'], 'metrics.jsonl'))
+    return runs
   raise ValueError(f'{source!r} is neither a sweep directory nor a runs ledger (.csv file)')
 
 
 def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims') -> dict:
   """claims.md, claims.csv, runs.csv (a row per run), em_vs_n.png and, where there are K_eval
-  results or first-order runs, em_vs_k_eval.png and second_vs_first_order.png in out_dir;
+  results, first-order runs or learning curves, em_vs_k_eval.png, second_vs_first_order.png and
+  curves.png in out_dir;
   returns {'markdown', 'files', 'cells'}."""
   os.makedirs(out_dir, exist_ok=True)
   cs = cells(runs)
   parts = [f'# {title}', '', f'{sum(c["seeds"] for c in cs.values())} runs, {len(cs)} cells. '
            'Cells: best validation EM (%), mean ± std over seeds (std only with 2+ seeds), '
-           'seeds, mean steps and minutes per run. "supported": the gap exceeds both spreads.',
+           'seeds, mean steps and minutes per run, and "rising k/n": k of the n runs with a '
+           'learning curve were still rising when they stopped (the best EM of their last '
+           f'quarter of steps beat the best before it by more than {100 * RISE:.0f} points). '
+           '"supported": the gap exceeds both spreads.',
            '', '## EM vs N', '', em_vs_n_table(cs) if cs else '(no finished runs)', '',
-           '## Claims', ''] + claim_lines(cs)
+           '## Claims', ''] + claim_lines(cs) + [
+               '', '## Runs cut short (still rising at their last steps)', ''] + \
+      convergence_lines(cs)
   kx = k_extrapolation_table(cs)
   if kx:
     parts += ['', '## Test-time K extrapolation (EM at K_eval, mean over seeds)', '', kx]
@@ -486,6 +610,9 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
     if plot(cs, fig):
       parts += ['', f'![{alt}]({name})']
       files.append(fig)
+  if plot_curves(runs, os.path.join(out_dir, 'curves.png')):
+    parts += ['', '![learning curves](curves.png)']
+    files.append(os.path.join(out_dir, 'curves.png'))
   n_ledger = write_ledger(runs, os.path.join(out_dir, 'runs.csv'))
   parts += ['', f'Every run behind the table: `runs.csv` ({n_ledger} rows; a report takes it as '
             'input like a sweep directory).']
@@ -496,10 +623,10 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   with open(csv_path, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(['method', 'n_pairs', 'em_mean', 'em_std', 'seeds', 'steps_mean', 'minutes_mean',
-                'paper_em'])
+                'paper_em', 'runs_rising', 'runs_with_curves'])
     for (lab, n), c in cs.items():
       w.writerow([lab, n, c['em_mean'], c['em_std'], c['seeds'], c['steps'], c['minutes'],
-                  PAPER.get(lab, {}).get(n)])
+                  PAPER.get(lab, {}).get(n), c['rising'], c['judged']])
   return {'markdown': md, 'files': [md_path, csv_path, os.path.join(out_dir, 'runs.csv')] + files,
           'cells': cs}
 

@@ -452,3 +452,87 @@ def test_tuning_report_ranks_the_grid_and_names_the_tuned_settings(tmp_path):
   assert (sd / 'tuning.md').exists() and repr(tuned) in out.stdout
   assert (sd / 'tuning.md').read_text() == '# KV claims: fairness grid\n\n' + table + \
       f'\nTUNED = {tuned!r}\n'
+
+
+def _curve_run(method, K, n, seed, curve, stop_reason='max_steps'):
+  r = _run(method, K, n, seed, max(em for _, em in curve))
+  r['em_curve'], r['stop_reason'] = curve, stop_reason
+  return r
+
+
+def test_learning_curves_say_which_runs_were_cut_short(tmp_path):
+  # From metrics.jsonl: a resumed run logged steps 1000-1500 twice; the later record (the one the
+  # run went on from) wins; training records without val/em are not part of the curve.
+  run_dir = tmp_path / 'sweep' / 'n_pairs=2,method=gradmem,K=1,seed=0'
+  run_dir.mkdir(parents=True)
+  recs = [{'step': 500, 'loss': 2.0}, {'step': 500, 'val/em': 0.2}, {'step': 1000, 'val/em': 0.3},
+          {'step': 1500, 'val/em': 0.9}, {'step': 1000, 'val/em': 0.35},
+          {'step': 1500, 'val/em': 0.4}, {'step': 2000, 'val/em': 0.6}]
+  (run_dir / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in recs) + '\n')
+  assert claims.em_curve(str(run_dir / 'metrics.jsonl')) == [(500, 0.2), (1000, 0.35),
+                                                             (1500, 0.4), (2000, 0.6)]
+  assert claims.em_curve(str(tmp_path / 'absent.jsonl')) == []
+  (tmp_path / 'bad.jsonl').write_text('{"step": 1}\n{"step": 2, "val/em\n')
+  with pytest.raises(ValueError, match=r'bad.jsonl, line 2: not a JSON record'):
+    claims.em_curve(str(tmp_path / 'bad.jsonl'))
+  (run_dir / 'results.json').write_text(json.dumps(
+      {'task': 'kv', 'n_pairs': 2, 'method': 'gradmem', 'K': 1, 'grad_mode': 'second',
+       'seed': 0, 'steps': 2000, 'best': {'em': 0.6}}))
+  loaded = claims.load_runs(str(tmp_path / 'sweep'))
+  assert loaded[0]['em_curve'] == [(500, 0.2), (1000, 0.35), (1500, 0.4), (2000, 0.6)]
+
+  # The verdict: the best of the last quarter of steps against the best before it.
+  flat = [(500 * i, e) for i, e in enumerate([0.5, 0.9, 0.93, 0.95, 0.94, 0.95, 0.96, 0.95], 1)]
+  climb = [(500 * i, e) for i, e in enumerate([0.3, 0.4, 0.45, 0.5, 0.5, 0.52, 0.6, 0.7], 1)]
+  assert claims.convergence({'em_curve': flat}) == 'plateau'  # +1 point: within RISE
+  assert claims.convergence({'em_curve': climb}) == 'rising'
+  assert claims.convergence({'em_curve': climb, 'stop_reason': 'target EM 0.99 reached'}) == \
+      'target'
+  assert claims.convergence({'em_curve': climb[-1:]}) is None  # too short to judge
+  assert claims.convergence({}) is None  # no curve kept
+
+  runs = [_curve_run('gradmem', 1, 2, 0, flat), _curve_run('gradmem', 1, 2, 1, climb),
+          _run('gradmem', 1, 2, 2, 0.5), _curve_run('rmt', 1, 2, 0, climb)]
+  cs = claims.cells(runs)
+  assert (cs[('GradMem K=1', 2)]['rising'], cs[('GradMem K=1', 2)]['judged'],
+          cs[('GradMem K=1', 2)]['rising_seeds']) == (1, 2, [1])
+  out = claims.make_claims_report(runs, str(tmp_path / 'report'))
+  md = out['markdown']
+  assert '(3 seeds, 1000 steps, 2.0 min; rising 1/2)' in md
+  assert '- GradMem K=1, N=2: seed 1 still rising (1 of 2 with curves)' in md
+  assert '- RMT x1, N=2: seed 0 still rising (1 of 1 with curves)' in md
+  assert '3 of 4 runs have a learning curve' in md
+  assert '![learning curves](curves.png)' in md and (tmp_path / 'report' / 'curves.png').exists()
+  rows = list(csv.DictReader(open(tmp_path / 'report' / 'claims.csv')))
+  assert (rows[0]['runs_rising'], rows[0]['runs_with_curves']) == ('1', '2')
+  # The ledger keeps curves and stop reasons: a report from it is the same report.
+  back = claims.read_ledger(str(tmp_path / 'report' / 'runs.csv'))
+  again = claims.make_claims_report(back, str(tmp_path / 'again'))
+  assert again['markdown'] == md
+  # A ledger written before those columns existed still reads, as runs without curves.
+  old = tmp_path / 'old.csv'
+  with open(old, 'w', newline='') as f:
+    keep = [k for k in claims.LEDGER_FIELDS if k not in claims.OPTIONAL_LEDGER_FIELDS]
+    w = csv.DictWriter(f, fieldnames=keep, extrasaction='ignore')
+    w.writeheader()
+    w.writerows(claims.ledger_rows(runs))
+  old_cells = claims.cells(claims.read_ledger(str(old)))
+  assert old_cells[('GradMem K=1', 2)]['judged'] == 0
+  assert 'rising' not in claims.em_vs_n_table(old_cells)
+  assert claims.convergence_lines(old_cells) == ['- no learning curves kept']
+  # No curves at all: no figure.
+  assert not claims.plot_curves(claims.read_ledger(str(old)), str(tmp_path / 'none.png'))
+
+
+def test_a_bad_learning_curve_in_a_ledger_names_line_and_field(tmp_path):
+  rows = claims.ledger_rows([_curve_run('gradmem', 1, 2, 0, [(500, 0.5), (1000, 0.6)])])
+  for bad, match in (('[[500, 50.0]]', r"line 2, field 'em_curve': an EM outside \[0, 1\]"),
+                     ('{"500": 0.5}', r"line 2, field 'em_curve': .* is not a JSON list"),
+                     ('[500, 0.5]', r"line 2, field 'em_curve': .* is not a JSON list")):
+    path = tmp_path / 'runs.csv'
+    with open(path, 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=claims.LEDGER_FIELDS)
+      w.writeheader()
+      w.writerows([dict(rows[0], em_curve=bad)])
+    with pytest.raises(ValueError, match=match):
+      claims.read_ledger(str(path))
