@@ -96,7 +96,8 @@ def em_curve(metrics_path: str) -> list:
 def convergence(run: dict) -> Optional[str]:
   """'target' (stopped at its target EM), 'rising' (the best EM of the last quarter of its steps
   beats the best before it by more than RISE: cut short), 'plateau' (neither), or None (no
-  learning curve kept, or fewer than two evaluations on either side of the last quarter)."""
+  learning curve kept, or too short to judge: no evaluation in the last quarter of its steps, or
+  fewer than two before it)."""
   if str(run.get('stop_reason') or '').startswith('target EM'):
     return 'target'
   curve = run.get('em_curve') or []
