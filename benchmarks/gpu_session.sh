@@ -131,7 +131,7 @@ if [ "$phase" = 1 ]; then
   # process compiling).
   export REF_PYTHON=python3 REF_REPO=.sbs/bench-ref/reference PROJECT_DIR=. PROJECT_PYTHON=python3
   R="python3 .sbs/bench-ref/run.py --device=cuda --timeout=200 --steps=10"
-  KIT_ROWS=${KIT_ROWS:-train_second_K1_N16_B64,train_second_K5_N64_B16,train_second_K2_N64_B64}
+  KIT_ROWS=${KIT_ROWS-train_second_K1_N16_B64,train_second_K5_N64_B16,train_second_K2_N64_B64}  # KIT_ROWS= : none
   for row in ${KIT_ROWS//,/ }; do
     if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for $row"; continue; fi
     log "kit: fp32 eager, $row"
@@ -143,13 +143,19 @@ if [ "$phase" = 1 ]; then
   # benchmarks/memory_plan.py plans about a quarter of the whole batch's temporaries for that on
   # XLA's CPU backend (benchmarks/results/memory_plan/); whether the step stays under 0.5x the
   # reference's time on the card is what the row measures.
+  # --timeout 300: our process compiles twice there (the step, then the whole batch for the FLOP
+  # count, after the memory reading).
   lean=${KIT_LEAN_ROWS:-}
   for row in ${lean//,/ }; do
+    if ! [[ $row =~ _B([0-9]+)$ ]] || (( BASH_REMATCH[1] < 4 || BASH_REMATCH[1] % 4 )); then
+      log "kit: lean row $row: its name must end in _B<batch> with a batch divisible by 4; skipped"
+      continue
+    fi
+    b=${BASH_REMATCH[1]}
     if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for lean $row"; continue; fi
-    b=${row##*_B}
     log "kit: fp32 eager, $row, ours with micro-batches of $((b / 4))"
-    timeout "$(tmo 60)" $R --configs="$row" --project_micro_batch=$((b / 4)) \
-      --out="$OUT/kit_lean.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
+    timeout "$(tmo 60)" ${R/--timeout=200/--timeout=300} --configs="$row" \
+      --project_micro_batch=$((b / 4)) --out="$OUT/kit_lean.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
   done
   python3 .sbs/bench-ref/run.py --table_from="$OUT/kit.jsonl" > "$OUT/kit_table.md" 2>&1
   [ -f "$OUT/kit_lean.jsonl" ] && python3 .sbs/bench-ref/run.py --table_from="$OUT/kit_lean.jsonl" >> "$OUT/kit_table.md" 2>&1

@@ -10,7 +10,7 @@ What it is for: choosing a memory-lean setting (micro-batch, inner-step remat) b
 session, where peak device memory is measured for real (benchmarks/train_step.py on the card, or
 the side-by-side kit with --project_micro_batch / --project_args=--remat=...). The CPU and GPU
 backends fuse differently, so the absolute MiB differ from a GPU's peak (K=2, 16 pairs, batch 64:
-3.2 GiB planned here, 2.0 GiB measured on an H200); the ratios between settings are the estimate.
+3,208 MiB planned here, 2.0 GiB measured on an H200); the ratios between settings are the estimate.
 Nothing is timed, so another job on the machine does not disturb it.
 
   python benchmarks/memory_plan.py                                  # K=2, 16 pairs, batch 64
@@ -53,13 +53,12 @@ def plan(K: int, mode: str, n_pairs: int, batch: int, micro: int, remat: str,
   from gradmem_jax.training import build_experiment, init_state, make_train_step
   from gradmem_jax.training.evaluators import xla_cost
 
-  if micro and batch % micro:
-    raise app.UsageError(f'--micro: {micro} does not divide --batch={batch}')
   config = kv_retrieval.get_config(f'paper_n16,n_pairs={n_pairs},K={K},grad_mode={mode},'
                                    f'batch_size={batch},optim.micro_batch_size={micro}'
                                    + (f',{overrides}' if overrides else ''))
   config.memory.inner_remat = remat
   exp = build_experiment(config)
+  micro = exp.config.optim.micro_batch_size  # as resolved (-1: the library's rule for this backend)
   state = init_state(exp, jax.random.PRNGKey(0))
   batch_arrays = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(batch))[1].items()}
   t0 = time.perf_counter()
@@ -89,16 +88,19 @@ def main(argv):
       raise app.UsageError(f'--{name} is empty')
     return vals
 
-  rows = []
+  micros = ints(FLAGS.micro, 'micro')
+  bad = [m for m in micros if m < -1 or (m > 0 and FLAGS.batch % m)]
+  if bad:  # before any compile (each takes a minute or more)
+    raise app.UsageError(f'--micro: {bad} must be -1 (the library\'s rule), 0 (the whole batch) '
+                         f'or a divisor of --batch={FLAGS.batch}')
   for K, mode, micro, remat in itertools.product(
-      ints(FLAGS.Ks, 'Ks'), [m for m in FLAGS.modes.split(',') if m],
-      ints(FLAGS.micro, 'micro'), [r for r in FLAGS.remat.split(',') if r]):
+      ints(FLAGS.Ks, 'Ks'), [m for m in FLAGS.modes.split(',') if m], micros,
+      [r for r in FLAGS.remat.split(',') if r]):
     row = plan(K, mode, FLAGS.n_pairs, FLAGS.batch, micro, remat, FLAGS.overrides)
     print(json.dumps(row), flush=True)
-    rows.append(row)
-  if FLAGS.out:
-    with open(FLAGS.out, 'a') as f:
-      f.writelines(json.dumps(r) + '\n' for r in rows)
+    if FLAGS.out:  # row by row: a kill keeps the rows already planned
+      with open(FLAGS.out, 'a') as f:
+        f.write(json.dumps(row) + '\n')
 
 
 if __name__ == '__main__':

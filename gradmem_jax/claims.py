@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections import OrderedDict
 from typing import Optional, Sequence
 
@@ -75,21 +76,31 @@ def _line_style(lab: str) -> str:
 
 def em_curve(metrics_path: str) -> list:
   """[(step, validation EM)] from a run's metrics.jsonl, by step. A resumed run logs again the
-  steps after its last checkpoint: the later record of a step wins (the one the run went on
-  from). [] when the file is absent."""
+  steps after its last checkpoint (unless the trainer could cut them on resume): the later record
+  of a step wins, the one the run went on from. A torn last line (a machine gone mid-write) is
+  left out with a warning; any other unreadable line is an error naming the file and line.
+  [] when the file is absent."""
   if not os.path.exists(metrics_path):
     return []
+  with open(metrics_path, 'rb') as f:
+    raw_lines = f.read().split(b'\n')
+  torn = raw_lines.pop()  # after the last newline: b'' for a complete file
   by_step: dict = {}
-  with open(metrics_path) as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except ValueError:
-        raise ValueError(f'{metrics_path}, line {n}: not a JSON record: {line[:80]!r}')
-      if 'val/em' in rec and 'step' in rec:
+  for n, raw in enumerate(raw_lines + ([torn] if torn.strip() else []), start=1):
+    if not raw.strip():
+      continue
+    try:
+      rec = json.loads(raw.decode('utf-8'))
+      if not isinstance(rec, dict):
+        raise ValueError('not a JSON object')
+      if 'val/em' in rec:
         by_step[int(rec['step'])] = float(rec['val/em'])
+    except (ValueError, TypeError, KeyError) as e:  # UnicodeDecodeError is a ValueError
+      if n == len(raw_lines) + 1:
+        warnings.warn(f'{metrics_path}: a torn last line left out ({raw[:60]!r})')
+        continue
+      raise ValueError(f'{metrics_path}, line {n}: not a metrics record with a step and a '
+                       f'numeric val/em ({type(e).__name__}: {e}): {raw[:80]!r}')
   return sorted(by_step.items())
 
 
@@ -169,7 +180,8 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
                 'rising': sum(v == 'rising' for v in verdicts),
                 'rising_seeds': sorted(int(m.get('seed', 0)) for m, v in zip(members, verdicts)
                                        if v == 'rising'),
-                'judged': sum(v is not None for v in verdicts)}
+                'judged': sum(v is not None for v in verdicts),
+                'with_curve': sum(bool(m.get('em_curve')) for m in members)}
   return out
 
 
@@ -410,14 +422,16 @@ def convergence_lines(cs: 'OrderedDict[tuple, dict]') -> list[str]:
   for (lab, n), c in cs.items():
     if c['rising']:
       out.append(f'- {lab}, N={n}: {_seed_text(c["rising_seeds"])} still rising '
-                 f'({c["rising"]} of {c["judged"]} with curves)')
+                 f'({c["rising"]} of {c["judged"]} judged)')
   judged = sum(c['judged'] for c in cs.values())
+  curves = sum(c['with_curve'] for c in cs.values())
   total = sum(c['seeds'] for c in cs.values())
   if not judged:
-    return ['- no learning curves kept']
-  return (out or ['- none: every run with a curve had reached its target or plateaued']) + [
-      f'- {judged} of {total} runs have a learning curve; the others were kept without one '
-      '(e.g. rebuilt from a committed table)']
+    return ['- no run could be judged: no learning curves kept, and none stopped at its target']
+  return (out or ['- none: every run judged had reached its target or plateaued']) + [
+      f'- {judged} of {total} runs judged; {curves} have a learning curve (the others were kept '
+      'without one, e.g. rebuilt from a committed table; a run that stopped at its target EM is '
+      'judged without one)']
 
 
 def _seeds_word(a: dict, b: dict) -> str:
@@ -506,6 +520,13 @@ def read_ledger(path: str) -> list[dict]:
   """A runs.csv (write_ledger's, or one written by hand for runs whose directories are gone) as
   run records that cells() and overlay() take like a sweep directory's. Every row is checked:
   a bad one is an error naming its line and field, never skipped."""
+  try:
+    return _read_ledger(path)
+  except csv.Error as e:  # e.g. a field over csv's size limit, a NUL byte
+    raise ValueError(f'{path}: not a readable CSV file: {e}')
+
+
+def _read_ledger(path: str) -> list[dict]:
   with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: a BOM from a spreadsheet
     reader = csv.DictReader(f)
     missing = [k for k in LEDGER_FIELDS if k not in (reader.fieldnames or ())
@@ -552,12 +573,18 @@ def read_ledger(path: str) -> list[dict]:
       curve_text = (row.get('em_curve') or '').strip()
       if curve_text:
         try:
-          r['em_curve'] = [(int(step), float(em_)) for step, em_ in json.loads(curve_text)]
+          curve = [(int(step), float(em_)) for step, em_ in json.loads(curve_text)]
         except (ValueError, TypeError):
           raise ValueError(f"{where}, field 'em_curve': {curve_text[:60]!r} is not a JSON list "
                            'of [step, EM] pairs, e.g. [[500, 0.41], [1000, 0.83]]')
-        if any(not 0.0 <= em_ <= 1.0 for _, em_ in r['em_curve']):
-          raise ValueError(f"{where}, field 'em_curve': an EM outside [0, 1] (fractions, not %)")
+        for (step, em_), prev in zip(curve, [None] + curve[:-1]):
+          if not 0.0 <= em_ <= 1.0:
+            raise ValueError(f"{where}, field 'em_curve': EM {em_} at step {step} is outside "
+                             '[0, 1] (fractions, not %)')
+          if prev is not None and step <= prev[0]:
+            raise ValueError(f"{where}, field 'em_curve': step {step} after step {prev[0]}; "
+                             'the steps must increase')
+        r['em_curve'] = curve
       lab = (row['label'] or '').strip()
       if lab and lab != label(r):
         raise ValueError(f"{where}, field 'label': {lab!r} does not match the row's method "

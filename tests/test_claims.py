@@ -472,9 +472,20 @@ def test_learning_curves_say_which_runs_were_cut_short(tmp_path):
   assert claims.em_curve(str(run_dir / 'metrics.jsonl')) == [(500, 0.2), (1000, 0.35),
                                                              (1500, 0.4), (2000, 0.6)]
   assert claims.em_curve(str(tmp_path / 'absent.jsonl')) == []
-  (tmp_path / 'bad.jsonl').write_text('{"step": 1}\n{"step": 2, "val/em\n')
-  with pytest.raises(ValueError, match=r'bad.jsonl, line 2: not a JSON record'):
+  (tmp_path / 'bad.jsonl').write_text('{"step": 1}\n{"step": 2, "val/em\n{"step": 3}\n')
+  with pytest.raises(ValueError, match=r'bad.jsonl, line 2: not a metrics record'):
     claims.em_curve(str(tmp_path / 'bad.jsonl'))
+  for bad in ('[1, 2]', '{"val/em": 0.5}', '{"step": 1, "val/em": null}'):
+    (tmp_path / 'bad.jsonl').write_text(bad + '\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r'bad.jsonl, line 1: not a metrics record'):
+      claims.em_curve(str(tmp_path / 'bad.jsonl'))
+  (tmp_path / 'bad.jsonl').write_bytes(b'{"step": 1, "val/em": 0.5}\n\xff\xfe\n')
+  with pytest.raises(ValueError, match=r'bad.jsonl, line 2: not a metrics record'):
+    claims.em_curve(str(tmp_path / 'bad.jsonl'))
+  # A torn last line (no newline after it: a machine gone mid-write) is left out, with a warning.
+  (tmp_path / 'torn.jsonl').write_text('{"step": 500, "val/em": 0.5}\n{"step": 1000, "val/')
+  with pytest.warns(UserWarning, match='torn last line'):
+    assert claims.em_curve(str(tmp_path / 'torn.jsonl')) == [(500, 0.5)]
   (run_dir / 'results.json').write_text(json.dumps(
       {'task': 'kv', 'n_pairs': 2, 'method': 'gradmem', 'K': 1, 'grad_mode': 'second',
        'seed': 0, 'steps': 2000, 'best': {'em': 0.6}}))
@@ -490,23 +501,31 @@ def test_learning_curves_say_which_runs_were_cut_short(tmp_path):
       'target'
   assert claims.convergence({'em_curve': climb[-1:]}) is None  # too short to judge
   assert claims.convergence({}) is None  # no curve kept
+  # At the threshold: a gain of exactly RISE is a plateau, a little more is rising.
+  edge = lambda gain: [(1000, 0.5), (2000, 0.6), (3000, 0.6), (4000, 0.6 + gain)]
+  assert claims.convergence({'em_curve': edge(0.0199)}) == 'plateau'
+  assert claims.convergence({'em_curve': edge(0.0201)}) == 'rising'
 
   runs = [_curve_run('gradmem', 1, 2, 0, flat), _curve_run('gradmem', 1, 2, 1, climb),
-          _run('gradmem', 1, 2, 2, 0.5), _curve_run('rmt', 1, 2, 0, climb)]
+          _run('gradmem', 1, 2, 2, 0.5), _curve_run('rmt', 1, 2, 0, climb),
+          _curve_run('rmt', 1, 2, 1, climb, stop_reason='target EM 0.7 reached')]
   cs = claims.cells(runs)
   assert (cs[('GradMem K=1', 2)]['rising'], cs[('GradMem K=1', 2)]['judged'],
           cs[('GradMem K=1', 2)]['rising_seeds']) == (1, 2, [1])
   out = claims.make_claims_report(runs, str(tmp_path / 'report'))
   md = out['markdown']
   assert '(3 seeds, 1000 steps, 2.0 min; rising 1/2)' in md
-  assert '- GradMem K=1, N=2: seed 1 still rising (1 of 2 with curves)' in md
-  assert '- RMT x1, N=2: seed 0 still rising (1 of 1 with curves)' in md
-  assert '3 of 4 runs have a learning curve' in md
+  assert '- GradMem K=1, N=2: seed 1 still rising (1 of 2 judged)' in md
+  assert '- RMT x1, N=2: seed 0 still rising (1 of 2 judged)' in md  # seed 1 reached its target
+  assert '4 of 5 runs judged; 4 have a learning curve' in md
   assert '![learning curves](curves.png)' in md and (tmp_path / 'report' / 'curves.png').exists()
   rows = list(csv.DictReader(open(tmp_path / 'report' / 'claims.csv')))
   assert (rows[0]['runs_rising'], rows[0]['runs_with_curves']) == ('1', '2')
   # The ledger keeps curves and stop reasons: a report from it is the same report.
   back = claims.read_ledger(str(tmp_path / 'report' / 'runs.csv'))
+  assert [claims.convergence(r) for r in back] == [claims.convergence(r) for r in runs
+                                                   if r['method'] == 'gradmem'] + [
+      'rising', 'target']
   again = claims.make_claims_report(back, str(tmp_path / 'again'))
   assert again['markdown'] == md
   # A ledger written before those columns existed still reads, as runs without curves.
@@ -519,14 +538,16 @@ def test_learning_curves_say_which_runs_were_cut_short(tmp_path):
   old_cells = claims.cells(claims.read_ledger(str(old)))
   assert old_cells[('GradMem K=1', 2)]['judged'] == 0
   assert 'rising' not in claims.em_vs_n_table(old_cells)
-  assert claims.convergence_lines(old_cells) == ['- no learning curves kept']
+  assert claims.convergence_lines(old_cells)[0].startswith('- no run could be judged')
   # No curves at all: no figure.
   assert not claims.plot_curves(claims.read_ledger(str(old)), str(tmp_path / 'none.png'))
 
 
 def test_a_bad_learning_curve_in_a_ledger_names_line_and_field(tmp_path):
   rows = claims.ledger_rows([_curve_run('gradmem', 1, 2, 0, [(500, 0.5), (1000, 0.6)])])
-  for bad, match in (('[[500, 50.0]]', r"line 2, field 'em_curve': an EM outside \[0, 1\]"),
+  for bad, match in (('[[500, 50.0]]', r"line 2, field 'em_curve': EM 50.0 at step 500 is outside"),
+                     ('[[500, 0.5], [500, 0.6]]', r"line 2, field 'em_curve': step 500 after step "
+                      r"500; the steps must increase"),
                      ('{"500": 0.5}', r"line 2, field 'em_curve': .* is not a JSON list"),
                      ('[500, 0.5]', r"line 2, field 'em_curve': .* is not a JSON list")):
     path = tmp_path / 'runs.csv'
@@ -536,3 +557,6 @@ def test_a_bad_learning_curve_in_a_ledger_names_line_and_field(tmp_path):
       w.writerows([dict(rows[0], em_curve=bad)])
     with pytest.raises(ValueError, match=match):
       claims.read_ledger(str(path))
+  (tmp_path / 'nul.csv').write_text(','.join(claims.LEDGER_FIELDS) + '\n' + 'x' * 200000 + '\n')
+  with pytest.raises(ValueError, match=r'nul.csv: not a readable CSV file'):
+    claims.read_ledger(str(tmp_path / 'nul.csv'))
