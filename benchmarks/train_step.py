@@ -147,20 +147,22 @@ def run_one(args):
     fn = jax.jit(make_train_step(exp), donate_argnums=0)
     compiled = fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - t_compile
-    if micro or args.remat != 'none':
-      # Useful FLOPs: the same step without the micro-batch loop and without remat (XLA's cost
-      # analysis counts a loop body once, so rolled loops would be undercounted).
-      flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
-                                         f'grad_mode={args.mode},batch_size={args.batch},'
-                                         'optim.micro_batch_size=0' + extra)
-      flat_cfg.memory.inner_impl = args.impl
-      flat = build_experiment(flat_cfg)
-      flops, bytes_acc = cost_flops(
-          jax.jit(make_train_step(flat)).lower(state, batch, rng).compile())
-    else:
-      flops, bytes_acc = cost_flops(compiled)
-    cost_compile_s = time.perf_counter() - t_compile - compile_s
-    _stamp(t_start, f'compiled ({compile_s:.1f} s; the FLOP count {cost_compile_s:.1f} s more)')
+    _stamp(t_start, f'compiled ({compile_s:.1f} s)')
+    state_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+    def count():
+      if micro or args.remat != 'none':
+        # Useful FLOPs: the same step without the micro-batch loop and without remat (XLA's cost
+        # analysis counts a loop body once, so rolled loops would be undercounted). Compiled
+        # after the timing and the peak-memory reading: on a GPU, compiling (autotuning) a
+        # whole-batch program would otherwise count in a micro-batched row's peak memory.
+        flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
+                                           f'grad_mode={args.mode},batch_size={args.batch},'
+                                           'optim.micro_batch_size=0' + extra)
+        flat_cfg.memory.inner_impl = args.impl
+        flat = build_experiment(flat_cfg)
+        return cost_flops(jax.jit(make_train_step(flat)).lower(state_shapes, batch, rng).compile())
+      return cost_flops(compiled)
     run = lambda s: compiled(s, batch, rng)
     state, m = run(state)  # warm-up
     jax.block_until_ready(m)
@@ -182,9 +184,8 @@ def run_one(args):
     params = state['params']
     compiled = jax.jit(infer_chunked).lower(params, batch).compile()
     compile_s = time.perf_counter() - t_compile
-    flops, bytes_acc = cost_flops(jax.jit(infer).lower(params, batch).compile())
-    cost_compile_s = time.perf_counter() - t_compile - compile_s
-    _stamp(t_start, f'compiled ({compile_s:.1f} s; the FLOP count {cost_compile_s:.1f} s more)')
+    _stamp(t_start, f'compiled ({compile_s:.1f} s)')
+    count = lambda: cost_flops(jax.jit(infer).lower(params, batch).compile())
     jax.block_until_ready(compiled(params, batch))
     loss_first = None
 
@@ -206,6 +207,11 @@ def run_one(args):
   contended = len(times) < args.steps  # the machine never went quiet: report every step, flagged
   ts = np.asarray(times if not contended else times + noisy)
   med = float(np.median(ts))
+  peak_mb = peak_memory_mb(jax)  # before the FLOP count's compile (see count)
+  t_count = time.perf_counter()
+  flops, bytes_acc = count()
+  cost_compile_s = time.perf_counter() - t_count
+  _stamp(t_start, f'counted the FLOPs ({cost_compile_s:.1f} s)')
   row = {
       'name': args.name, 'K': args.K, 'grad_mode': args.mode if args.name == 'train' else None,
       'batch': args.batch, 'n_pairs': args.n_pairs, 'remat': args.remat, 'impl': args.impl,
@@ -213,7 +219,7 @@ def run_one(args):
       'step_s_min': float(ts.min()),
       'step_s_max': float(ts.max()), 'steps_timed': len(ts), 'steps_discarded_load': discarded,
       'contended': contended,
-      'samples_per_s': args.batch / med, 'peak_rss_mb': peak_memory_mb(jax),
+      'samples_per_s': args.batch / med, 'peak_rss_mb': peak_mb,
       'flops_per_step': flops, 'bytes_accessed': bytes_acc,
       'achieved_flops_per_s': flops / med, 'matmul_peak_flops_per_s': peak,
       'frac_of_peak': flops / med / peak, 'other_load_before': load_before,
