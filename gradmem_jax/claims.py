@@ -619,9 +619,10 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   cs = cells(runs)
   parts = [f'# {title}', '', f'{sum(c["seeds"] for c in cs.values())} runs, {len(cs)} cells. '
            'Cells: best validation EM (%), mean ± std over seeds (std only with 2+ seeds), '
-           'seeds, mean steps and minutes per run, and "rising k/n": k of the n runs with a '
-           'learning curve were still rising when they stopped (the best EM of their last '
-           f'quarter of steps beat the best before it by more than {100 * RISE:.0f} points). '
+           'seeds, mean steps and minutes per run, and "rising k/n": k of the n runs judged '
+           '(a learning curve kept, or stopped at the target EM) were still rising when they '
+           'stopped (the best EM of their last quarter of steps beat the best before it by more '
+           f'than {100 * RISE:.0f} points). '
            '"supported": the gap exceeds both spreads.',
            '', '## EM vs N', '', em_vs_n_table(cs) if cs else '(no finished runs)', '',
            '## Claims', ''] + claim_lines(cs) + [
