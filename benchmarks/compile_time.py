@@ -36,19 +36,16 @@ flags.DEFINE_string('one', '', 'internal: run this scan_layers value in this pro
 
 def run_one(scan: bool) -> dict:
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from gradmem_jax import config_lib
-  from gradmem_jax.training import build_experiment, init_state, make_train_step
+  from gradmem_jax.training import make_train_step
+  from kv_setup import experiment_state_batch
 
   path, _, arg = FLAGS.config.partition(':')
   arg = ','.join(a for a in (arg, FLAGS.overrides, f'model.scan_layers={scan}') if a)
   config = config_lib.load_config(f'{path}:{arg}')
-  exp = build_experiment(config)
-  state = init_state(exp, jax.random.PRNGKey(0))
-  batch = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(
-      exp.config.optim.batch_size))[1].items()}
+  exp, state, batch = experiment_state_batch(config)
   rng = jax.random.PRNGKey(1)
   fn = jax.jit(make_train_step(exp), donate_argnums=0)
   t0 = time.perf_counter()

@@ -132,11 +132,13 @@ if [ "$phase" = 1 ]; then
   export REF_PYTHON=python3 REF_REPO=.sbs/bench-ref/reference PROJECT_DIR=. PROJECT_PYTHON=python3
   R="python3 .sbs/bench-ref/run.py --device=cuda --timeout=200 --steps=10"
   KIT_ROWS=${KIT_ROWS-train_second_K1_N16_B64,train_second_K5_N64_B16,train_second_K2_N64_B64}  # KIT_ROWS= : none
-  for row in ${KIT_ROWS//,/ }; do
-    if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for $row"; continue; fi
-    log "kit: fp32 eager, $row"
-    timeout "$(tmo 60)" $R --configs="$row" --out="$OUT/kit.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
-  done
+  kit_row() {  # kit_row <row> <jsonl> [more kit flags; a later flag overrides R's]
+    local row=$1 jsonl=$2; shift 2
+    if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for $row $*"; return; fi
+    log "kit: fp32 eager, $row $*"
+    timeout "$(tmo 60)" $R --configs="$row" --out="$jsonl" "$@" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
+  }
+  for row in ${KIT_ROWS//,/ }; do kit_row "$row" "$OUT/kit.jsonl"; done
   # Memory-lean rows (issue 11 asks for <= 0.3x the reference's peak memory; the whole-batch
   # rows measured 0.67-0.87x on an H200): KIT_LEAN_ROWS (default none), both sides again so that
   # the ratio comes from one run, ours with micro-batches of a quarter of the row's batch.
@@ -151,11 +153,7 @@ if [ "$phase" = 1 ]; then
       log "kit: lean row $row: its name must end in _B<batch> with a batch divisible by 4; skipped"
       continue
     fi
-    b=${BASH_REMATCH[1]}
-    if [ "$(left)" -lt $(( ${KIT_ROW_S:-150} + 60 )) ]; then log "kit: no time for lean $row"; continue; fi
-    log "kit: fp32 eager, $row, ours with micro-batches of $((b / 4))"
-    timeout "$(tmo 60)" ${R/--timeout=200/--timeout=300} --configs="$row" \
-      --project_micro_batch=$((b / 4)) --out="$OUT/kit_lean.jsonl" >> "$OUT/kit.md" 2>> "$OUT/kit.err"
+    kit_row "$row" "$OUT/kit_lean.jsonl" --timeout=300 --project_micro_batch=$((BASH_REMATCH[1] / 4))
   done
   python3 .sbs/bench-ref/run.py --table_from="$OUT/kit.jsonl" > "$OUT/kit_table.md" 2>&1
   [ -f "$OUT/kit_lean.jsonl" ] && python3 .sbs/bench-ref/run.py --table_from="$OUT/kit_lean.jsonl" >> "$OUT/kit_table.md" 2>&1

@@ -48,19 +48,14 @@ FLAGS = flags.FLAGS
 def plan(K: int, mode: str, n_pairs: int, batch: int, micro: int, remat: str,
          overrides: str = '') -> dict:
   import jax
-  import jax.numpy as jnp
-  from configs import kv_retrieval
-  from gradmem_jax.training import build_experiment, init_state, make_train_step
+  from gradmem_jax.training import make_train_step
   from gradmem_jax.training.evaluators import xla_cost
+  from kv_setup import experiment_state_batch, paper_kv_config
 
-  config = kv_retrieval.get_config(f'paper_n16,n_pairs={n_pairs},K={K},grad_mode={mode},'
-                                   f'batch_size={batch},optim.micro_batch_size={micro}'
-                                   + (f',{overrides}' if overrides else ''))
-  config.memory.inner_remat = remat
-  exp = build_experiment(config)
+  config = paper_kv_config(n_pairs=n_pairs, K=K, mode=mode, batch=batch, micro=micro,
+                           overrides=overrides, remat=remat)
+  exp, state, batch_arrays = experiment_state_batch(config, batch)
   micro = exp.config.optim.micro_batch_size  # as resolved (-1: the library's rule for this backend)
-  state = init_state(exp, jax.random.PRNGKey(0))
-  batch_arrays = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(batch))[1].items()}
   t0 = time.perf_counter()
   compiled = jax.jit(make_train_step(exp), donate_argnums=0).lower(
       state, batch_arrays, jax.random.PRNGKey(1)).compile()

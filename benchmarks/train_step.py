@@ -116,27 +116,21 @@ def run_one(args):
   import numpy as np
   if args.matmul_precision:
     jax.config.update('jax_default_matmul_precision', args.matmul_precision)
-  from configs import kv_retrieval
   from gradmem_jax.memory import forward
-  from gradmem_jax.training import build_experiment, init_state, make_train_step
+  from gradmem_jax.training import abstract_state, build_experiment, make_train_step
+  from kv_setup import experiment_state_batch, paper_kv_config
 
   on_cpu = jax.devices()[0].platform == 'cpu'
   # -1: the library's own choice (cache-sized chunks on CPU, the whole batch on accelerators)
   micro = args.micro_batch
   if micro > 0 and args.batch % micro:
     micro = 0
-  extra = f',{args.overrides}' if args.overrides else ''
-  config = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
-                                   f'grad_mode={args.mode},batch_size={args.batch},'
-                                   f'optim.micro_batch_size={micro}' + extra)
-  config.memory.inner_remat = args.remat
-  config.memory.inner_impl = args.impl
+  shape = dict(n_pairs=args.n_pairs, K=args.K, mode=args.mode, batch=args.batch,
+               overrides=args.overrides, impl=args.impl)
+  config = paper_kv_config(micro=micro, remat=args.remat, **shape)
   config.eval.batch_size = args.batch
-  exp = build_experiment(config)
+  exp, state, batch = experiment_state_batch(config, args.batch)
   micro = exp.config.optim.micro_batch_size
-  state = init_state(exp, jax.random.PRNGKey(0))
-  local = next(exp.task.train_batches(args.batch))[1]
-  batch = {k: jnp.asarray(v) for k, v in local.items()}
   rng = jax.random.PRNGKey(1)
   _stamp(t_start, f'built the experiment on {jax.devices()[0].device_kind}')
   peak = matmul_peak(jax, jnp)
@@ -148,7 +142,6 @@ def run_one(args):
     compiled = fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - t_compile
     _stamp(t_start, f'compiled ({compile_s:.1f} s)')
-    state_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
 
     def count():
       if micro or args.remat != 'none':
@@ -156,12 +149,9 @@ def run_one(args):
         # analysis counts a loop body once, so rolled loops would be undercounted). Compiled
         # after the timing and the peak-memory reading: on a GPU, compiling (autotuning) a
         # whole-batch program would otherwise count in a micro-batched row's peak memory.
-        flat_cfg = kv_retrieval.get_config(f'paper_n16,n_pairs={args.n_pairs},K={args.K},'
-                                           f'grad_mode={args.mode},batch_size={args.batch},'
-                                           'optim.micro_batch_size=0' + extra)
-        flat_cfg.memory.inner_impl = args.impl
-        flat = build_experiment(flat_cfg)
-        return cost_flops(jax.jit(make_train_step(flat)).lower(state_shapes, batch, rng).compile())
+        flat = build_experiment(paper_kv_config(micro=0, **shape))
+        return cost_flops(jax.jit(make_train_step(flat)).lower(
+            abstract_state(flat)[0], batch, rng).compile())
       return cost_flops(compiled)
     run = lambda s: compiled(s, batch, rng)
     state, m = run(state)  # warm-up

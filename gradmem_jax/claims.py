@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from gradmem_jax import sweeps
+from gradmem_jax.metrics_rows import parse_row
 from gradmem_jax.report import _pyplot
 
 # SPEC §6: EM (%) of the 4-layer 128-d models, 3 seeds; (label, N) -> EM.
@@ -89,18 +90,18 @@ def em_curve(metrics_path: str) -> list:
   for n, raw in enumerate(raw_lines + ([torn] if torn.strip() else []), start=1):
     if not raw.strip():
       continue
-    try:
-      rec = json.loads(raw.decode('utf-8'))
-      if not isinstance(rec, dict):
-        raise ValueError('not a JSON object')
-      if 'val/em' in rec:
+    rec, why = parse_row(raw)
+    if why is None and 'val/em' in rec:
+      try:
         by_step[int(rec['step'])] = float(rec['val/em'])
-    except (ValueError, TypeError, KeyError) as e:  # UnicodeDecodeError is a ValueError
+      except (TypeError, ValueError) as e:
+        why = f'val/em {rec["val/em"]!r} is not a number ({e})'
+    if why is not None:
       if n == len(raw_lines) + 1:
         warnings.warn(f'{metrics_path}: a torn last line left out ({raw[:60]!r})')
         continue
       raise ValueError(f'{metrics_path}, line {n}: not a metrics record with a step and a '
-                       f'numeric val/em ({type(e).__name__}: {e}): {raw[:80]!r}')
+                       f'numeric val/em ({why}): {raw[:80]!r}')
   return sorted(by_step.items())
 
 
@@ -303,9 +304,11 @@ def k_extrapolation_table(cs: 'OrderedDict[tuple, dict]') -> Optional[str]:
   return '\n'.join(lines)
 
 
-def _save(plt, fig, ax, path: str, grid_axis: str = 'both') -> bool:
-  ax.grid(alpha=0.3, axis=grid_axis)
-  ax.legend(fontsize=7)
+def _save(plt, fig, axes, path: str, grid_axis: str = 'both', legend_size: int = 7) -> bool:
+  """Grid and legend on each of `axes` (one Axes or several), then the file."""
+  for ax in np.atleast_1d(axes):
+    ax.grid(alpha=0.3, axis=grid_axis)
+    ax.legend(fontsize=legend_size)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -405,15 +408,10 @@ def plot_curves(runs: Sequence[dict], path: str) -> bool:
               alpha=0.85, label=None if lab in shown else lab)
       shown.add(lab)
     ax.set(title=f'N={n}', xlabel='training step', ylim=(-2, 102))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
   axes[0][0].set_ylabel('validation EM (%)')
   fig.suptitle(f'Learning curves, a line per seed ({len(kept)} runs with curves kept)',
                fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(plt, fig, axes[0], path, legend_size=6)
 
 
 def convergence_lines(cs: 'OrderedDict[tuple, dict]') -> list[str]:

@@ -460,7 +460,7 @@ def _curve_run(method, K, n, seed, curve, stop_reason='max_steps'):
   return r
 
 
-def test_learning_curves_say_which_runs_were_cut_short(tmp_path):
+def test_learning_curves_say_which_runs_were_cut_short(tmp_path, monkeypatch):
   # From metrics.jsonl: a resumed run logged steps 1000-1500 twice; the later record (the one the
   # run went on from) wins; training records without val/em are not part of the curve.
   run_dir = tmp_path / 'sweep' / 'n_pairs=2,method=gradmem,K=1,seed=0'
@@ -505,6 +505,10 @@ def test_learning_curves_say_which_runs_were_cut_short(tmp_path):
   edge = lambda gain: [(1000, 0.5), (2000, 0.6), (3000, 0.6), (4000, 0.6 + gain)]
   assert claims.convergence({'em_curve': edge(0.0199)}) == 'plateau'
   assert claims.convergence({'em_curve': edge(0.0201)}) == 'rising'
+  with monkeypatch.context() as m:  # RISE exactly representable: a gain of RISE is no rise
+    m.setattr(claims, 'RISE', 0.25)
+    assert claims.convergence({'em_curve': [(1, 0.25), (2, 0.5), (3, 0.5), (4, 0.75)]}) == \
+        'plateau'
 
   runs = [_curve_run('gradmem', 1, 2, 0, flat), _curve_run('gradmem', 1, 2, 1, climb),
           _run('gradmem', 1, 2, 2, 0.5), _curve_run('rmt', 1, 2, 0, climb),

@@ -10,6 +10,8 @@ from typing import Any, Mapping, Optional
 
 from absl import logging
 
+from gradmem_jax.metrics_rows import parse_row
+
 
 def _scalar(v: Any) -> Optional[float]:
   try:
@@ -56,7 +58,7 @@ class MetricsWriter:
     torn = lines.pop()  # after the last newline: b'' for a complete file, else a torn line
     keep, rejected, bad = [], [], []
     for n, raw in enumerate(lines, 1):
-      row, why = _parse_row(raw)
+      row, why = parse_row(raw)
       if why is None:
         if row['step'] <= step:
           keep.append(raw + b'\n')
@@ -64,7 +66,7 @@ class MetricsWriter:
         rejected.append(raw + b'\n')
         bad.append(f'line {n} ({why})')
     if torn.strip():
-      row, why = _parse_row(torn)
+      row, why = parse_row(torn)
       if why is None and row['step'] <= step:  # complete but for its newline
         keep.append(torn + b'\n')
       else:
@@ -115,26 +117,6 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-
-
-_JSON_KINDS = {list: 'a JSON array', str: 'a JSON string', int: 'a JSON number',
-               float: 'a JSON number', bool: 'a JSON boolean', type(None): 'JSON null'}
-
-
-def _parse_row(raw: bytes) -> tuple[Any, Optional[str]]:
-  """(row, None) for a metrics row (a JSON object with a numeric step), else (None, why not)."""
-  try:
-    row = json.loads(raw.decode('utf-8'))
-  except UnicodeDecodeError:
-    return None, 'not UTF-8'
-  except ValueError:
-    return None, 'not JSON'
-  if not isinstance(row, dict):
-    return None, f'{_JSON_KINDS.get(type(row), type(row).__name__)}, not an object'
-  s = row.get('step')
-  if isinstance(s, bool) or not isinstance(s, (int, float)):
-    return None, 'no numeric "step"'
-  return row, None
 
 
 def _warn(msg: str) -> None:
