@@ -85,6 +85,19 @@ def peak_memory_mb(jax):
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def rss_now_mb():
+  """(resident, high-water mark) of this process in MiB (Linux /proc; (None, None) elsewhere)."""
+  got = {}
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith(('VmRSS:', 'VmHWM:')):
+          got[line.split(':')[0]] = int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return got.get('VmRSS'), got.get('VmHWM')
+
+
 def matmul_peak(jax, jnp, n=2048, reps=10):
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
@@ -121,6 +134,10 @@ def run_one(args):
   from kv_setup import experiment_state_batch, paper_kv_config
 
   on_cpu = jax.devices()[0].platform == 'cpu'
+  # Where a CPU row's peak memory comes from: resident and high-water MiB after the imports,
+  # after building the experiment (and the matmul-peak probe), after compiling, after the warm-up
+  # step and after timing.
+  stages = {'imported': rss_now_mb()}
   # -1: the library's own choice (cache-sized chunks on CPU, the whole batch on accelerators)
   micro = args.micro_batch
   if micro > 0 and args.batch % micro:
@@ -135,12 +152,14 @@ def run_one(args):
   _stamp(t_start, f'built the experiment on {jax.devices()[0].device_kind}')
   peak = matmul_peak(jax, jnp)
   _stamp(t_start, 'measured the matmul peak')
+  stages['built'] = rss_now_mb()
   t_compile = time.perf_counter()
 
   if args.name == 'train':
     fn = jax.jit(make_train_step(exp), donate_argnums=0)
     compiled = fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - t_compile
+    stages['compiled'] = rss_now_mb()
     _stamp(t_start, f'compiled ({compile_s:.1f} s)')
 
     def count():
@@ -174,11 +193,13 @@ def run_one(args):
     params = state['params']
     compiled = jax.jit(infer_chunked).lower(params, batch).compile()
     compile_s = time.perf_counter() - t_compile
+    stages['compiled'] = rss_now_mb()
     _stamp(t_start, f'compiled ({compile_s:.1f} s)')
     count = lambda: cost_flops(jax.jit(infer).lower(params, batch).compile())
     jax.block_until_ready(compiled(params, batch))
     loss_first = None
 
+  stages['warmed_up'] = rss_now_mb()
   _stamp(t_start, 'warmed up; timing')
   times, noisy = [], []
   load_before = wait_for_idle(args.max_idle_wait) if on_cpu else 0.0
@@ -198,6 +219,8 @@ def run_one(args):
   ts = np.asarray(times if not contended else times + noisy)
   med = float(np.median(ts))
   peak_mb = peak_memory_mb(jax)  # before the FLOP count's compile (see count)
+  stages['timed'] = rss_now_mb()
+  plan = compiled.memory_analysis()
   t_count = time.perf_counter()
   flops, bytes_acc = count()
   cost_compile_s = time.perf_counter() - t_count
@@ -218,6 +241,9 @@ def run_one(args):
       'matmul_precision': args.matmul_precision or 'default', 'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
       'compile_s': compile_s, 'cost_compile_s': cost_compile_s,
+      'rss_stages_mb': ({k: {'rss': r, 'hwm': h} for k, (r, h) in stages.items()}
+                        if on_cpu else None),
+      'planned_temp_mb': (plan.temp_size_in_bytes / 2**20 if plan is not None else None),
       'process_work_s': time.perf_counter() - t_start,
   }
   if args.profile:

@@ -8,6 +8,8 @@ Afterwards: python -m experiments.report --sweep_dir=/tmp/sweep_k
 """
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 
 from gradmem_jax import cli_utils, report, sweeps
@@ -26,6 +28,11 @@ _ONLY = flags.DEFINE_string(
     'only', None, 'Run (and evaluate) only the points whose name matches this regular expression, '
     'e.g. "K=2,grad_mode=first" or "^n_pairs=[24],.*seed=1$"; the others stay in the sweep dir\'s '
     'manifest and report. A point whose curriculum source is left out waits for that source.')
+_XLA_CACHE = flags.DEFINE_string(
+    'xla_cache_dir', None, "JAX's persistent compilation cache for the points' processes and "
+    "this one's K_eval evaluations: points that compile the same program (the seeds of one cell, "
+    'a resumed point) load it instead of compiling it again. Default: $JAX_COMPILATION_CACHE_DIR '
+    "when set, else <sweep_dir>/xla_cache; '' turns it off.")
 _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point whose method '
                             'supports it with these K_eval values (k_extrapolation.json).')
 
@@ -48,10 +55,16 @@ def main(argv):
   elif _FROM_ARCHIVE.value:
     names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, _CONFIG.value, log=log)
     print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
-  status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log)
+  cache = _XLA_CACHE.value
+  if cache is None:
+    cache = os.environ.get(sweeps.XLA_CACHE_ENV) or os.path.join(_SWEEP_DIR.value, 'xla_cache')
+  status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log,
+                            xla_cache_dir=cache)
   if _DRY_RUN.value:
     return
   if _EVAL_K.value:
+    import jax  # the evaluations below run in this process
+    jax.config.update('jax_compilation_cache_dir', os.path.abspath(cache) if cache else None)
     sweeps.evaluate_points(sweep, _SWEEP_DIR.value, [int(k) for k in _EVAL_K.value], log=log)
   if _REPORT.value:
     out = report.make_report(sweeps.collect(_SWEEP_DIR.value), _SWEEP_DIR.value,

@@ -198,17 +198,38 @@ def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
     _write_json(path, manifest, tmp=f'{path}.{os.getpid()}.tmp')
 
 
+# JAX's persistent compilation cache, read from the environment by every JAX process.
+XLA_CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+
+
+def point_env(xla_cache_dir: Optional[str]) -> Optional[dict]:
+  """The environment of a point's process: None (this one's, unchanged) when xla_cache_dir is
+  None; without JAX's compilation cache when it is ''; else with the cache in that directory, so
+  that points compiling the same program (seeds of one cell, a resumed point) load it instead."""
+  if xla_cache_dir is None:
+    return None
+  env = dict(os.environ)
+  env.pop(XLA_CACHE_ENV, None)
+  if xla_cache_dir:
+    env[XLA_CACHE_ENV] = os.path.abspath(xla_cache_dir)
+  return env
+
+
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
-              module: str = TRAIN_MODULE, log=print,
-              cwd: Optional[str] = None) -> list[dict]:
-  """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts."""
+              module: str = TRAIN_MODULE, log=print, cwd: Optional[str] = None,
+              xla_cache_dir: Optional[str] = None) -> list[dict]:
+  """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts.
+  xla_cache_dir: see point_env (the dry run's commands then start with the variable)."""
   write_manifest(sweep_dir, config_spec, sweep)
   status = []
   todo = [p for p in sweep.points if not is_finished(os.path.join(sweep_dir, slug(p)))]
+  env = point_env(xla_cache_dir)
   if dry_run:
+    prefix = (f'{XLA_CACHE_ENV}={shlex.quote(env[XLA_CACHE_ENV])} '
+              if env is not None and XLA_CACHE_ENV in env else '')
     for p in sweep.points:
       cmd = point_command(config_spec, sweep, p, sweep_dir, module)
-      log(' '.join(shlex.quote(c) for c in cmd))
+      log(prefix + ' '.join(shlex.quote(c) for c in cmd))
       status.append({'slug': slug(p), 'status': 'dry_run'})
     return status
   t_sweep = time.perf_counter()
@@ -248,7 +269,7 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: running ({n_done}/{len(todo)} done{eta})')
     os.makedirs(wd, exist_ok=True)
     with open(os.path.join(wd, 'stdout.log'), 'a') as out:
-      rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+      rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     if rc == workdir_lock.BUSY_EXIT:  # another process took the workdir after holder() looked
       left_to(workdir_lock.holder(wd) or 'it has finished since', '  ')
       continue

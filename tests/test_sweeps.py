@@ -214,6 +214,8 @@ def test_dry_run_prints_one_command_per_point(tmp_path):
               '--dry_run'])
   cmds = [l for l in out.splitlines() if 'experiments.train' in l]
   assert len(cmds) == 48 == len(sweeps.load_sweep(f'{ROOT}/configs/sweeps/n_pairs.py:paper').points)
+  if sweeps.XLA_CACHE_ENV not in os.environ:  # else that one: every point shares the sweep's cache
+    assert all(c.startswith(f'{sweeps.XLA_CACHE_ENV}={tmp_path}/xla_cache python ') for c in cmds)
   assert len(set(cmds)) == 48
   assert all('--workdir=' in c and 'paper_n16' in c for c in cmds)
   assert not any(os.path.isdir(tmp_path / d) for d in os.listdir(tmp_path))  # nothing ran
@@ -227,6 +229,60 @@ def test_dry_run_prints_one_command_per_point(tmp_path):
       'n_pairs=2', 'n_pairs=4', 'n_pairs=8']
   assert all(',K=2,grad_mode=first,' in w and w.endswith(',seed=1') for w in workdirs)
   assert sum('init_from=' in c for c in cmds) == 2  # N=4 from N=2, N=8 from N=4
+
+
+def test_points_run_with_the_compilation_cache_asked_for(tmp_path, monkeypatch):
+  # A stand-in for the training module: it records the cache directory it was given and fails
+  # (so that every call launches it again).
+  (tmp_path / 'envdump.py').write_text(
+      'import os, sys\n'
+      'wd = [a for a in sys.argv if a.startswith("--workdir=")][0].split("=", 1)[1]\n'
+      f'open(os.path.join(wd, "env.txt"), "w").write(os.environ.get("{sweeps.XLA_CACHE_ENV}", '
+      '"unset"))\nsys.exit(1)\n')
+  monkeypatch.setenv('PYTHONPATH', str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  monkeypatch.setenv(sweeps.XLA_CACHE_ENV, '/from/the/environment')
+  s = sweeps.Sweep('one', [{'n_pairs': 2}])
+  sd = tmp_path / 'sd'
+
+  def seen(cache):
+    sweeps.run_sweep('configs/kv_retrieval.py', s, str(sd), module='envdump', log=lambda _: None,
+                     cwd=ROOT, xla_cache_dir=cache)
+    return (sd / 'n_pairs=2' / 'env.txt').read_text()
+
+  assert seen(None) == '/from/the/environment'  # inherited as it is
+  assert seen('') == 'unset'  # turned off
+  assert seen(str(tmp_path / 'c')) == str(tmp_path / 'c')
+  monkeypatch.chdir(tmp_path)
+  assert seen('rel') == str(tmp_path / 'rel')  # made absolute: the point may run elsewhere
+  logs = []
+  sweeps.run_sweep('configs/kv_retrieval.py', s, str(sd), dry_run=True, log=logs.append,
+                   xla_cache_dir='rel')
+  assert logs[0].startswith(f'{sweeps.XLA_CACHE_ENV}={tmp_path / "rel"} python -m ')
+
+
+def test_a_program_loaded_from_the_cache_trains_as_the_compiled_one(tmp_path, monkeypatch):
+  monkeypatch.delenv(sweeps.XLA_CACHE_ENV, raising=False)
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # tiny programs too
+  (tmp_path / 'one.py').write_text(
+      'from gradmem_jax.sweeps import Sweep\n'
+      'def get_sweep(arg=None):\n'
+      '  return Sweep("one", [dict(K=2)], base="tiny,max_steps=2")\n')
+  args = ['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
+          f'--sweep={tmp_path / "one.py"}', '--report=false']
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  _run(args + [f'--sweep_dir={a}'])  # compiles, and fills a/xla_cache
+  cached = sorted(os.listdir(a / 'xla_cache'))
+  assert any(n.startswith('jit_train_step-') for n in cached), cached
+  _run(args + [f'--sweep_dir={b}', f'--xla_cache_dir={a / "xla_cache"}'])  # loads
+  assert sorted(os.listdir(a / 'xla_cache')) == cached  # nothing new: every program was found
+  assert not (b / 'xla_cache').exists()
+
+  def trained(d, slug):
+    rows = [json.loads(l) for l in open(d / slug / 'metrics.jsonl')]
+    return [{k: v for k, v in r.items() if 'time' not in k and not k.endswith('_s')}
+            for r in rows]
+
+  assert trained(a, 'K=2') == trained(b, 'K=2')
 
 
 def test_only_selects_points_by_name():

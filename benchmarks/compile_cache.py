@@ -1,0 +1,110 @@
+r"""What JAX's persistent compilation cache saves a run's start: the runner in fresh processes,
+without the cache, with an empty one (it fills it) and with the filled one; prints one JSON object
+per configuration.
+
+  python benchmarks/compile_cache.py                      # the default CPU job and the paper model
+  python benchmarks/compile_cache.py --configs='configs/babi.py:smollm2,qa1,optim.batch_size=4'
+
+Each run is `python -m experiments.train --config=<config>,max_steps=<steps>` in a fresh
+workdir, so nearly all of it is start-up: imports, building the task, tracing and compiling (or
+loading) the programs, the few steps, the final evaluation. Per variant: wall seconds, the
+process's CPU seconds (user + system, less sensitive to other load than wall time) and its peak
+RSS, medians over `--repeats` rounds (the variants alternate within a round). The runs' metrics
+(losses, EM) must be identical across variants: a program loaded from the cache is the program
+that was compiled. Sweeps turn the cache on by default (experiments.sweep --xla_cache_dir), so
+the seeds of one cell and a resumed point load what the first compiled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('configs', ['configs/kv_retrieval.py', 'configs/kv_retrieval.py:paper_n16'],
+                  'runner configs (file[:presets,overrides]), one row each')
+flags.DEFINE_integer('steps', 2, 'training steps per run (also the evaluation interval)')
+flags.DEFINE_integer('repeats', 2, 'rounds of (no cache, empty cache, filled cache)')
+flags.DEFINE_string('out', '', 'also append the JSON lines to this file')
+
+CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+
+
+def _with_steps(config: str, steps: int) -> str:
+  path, _, arg = config.partition(':')
+  extra = f'max_steps={steps},train.eval_every={steps}'
+  return f'{path}:{arg},{extra}' if arg else f'{path}:{extra}'
+
+
+def run_once(config: str, steps: int, workdir: str, cache: str | None) -> dict:
+  env = dict(os.environ)
+  env.pop(CACHE_ENV, None)
+  if cache:
+    env[CACHE_ENV] = cache
+  cmd = [sys.executable, '-m', 'experiments.train', f'--config={_with_steps(config, steps)}',
+         f'--workdir={workdir}']
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  out = proc.stdout.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - t0
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise RuntimeError(f'{" ".join(cmd)} failed:\n{out[-3000:]}')
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  # What the run computed, without its clock: must not depend on where the programs came from.
+  computed = [{k: v for k, v in r.items() if 'time' not in k and not k.endswith('_s')}
+              for r in rows]
+  return {'wall_s': wall, 'cpu_s': usage.ru_utime + usage.ru_stime,
+          'peak_rss_mb': usage.ru_maxrss / 1024, 'computed': computed}
+
+
+def main(argv):
+  del argv
+  import numpy as np
+  for config in FLAGS.configs:
+    runs = {'no_cache': [], 'empty_cache': [], 'filled_cache': []}
+    computed = None
+    for _ in range(FLAGS.repeats):
+      tmp = tempfile.mkdtemp(prefix='compile_cache_')
+      cache = os.path.join(tmp, 'xla_cache')
+      try:
+        for variant, c in (('no_cache', None), ('empty_cache', cache), ('filled_cache', cache)):
+          r = run_once(config, FLAGS.steps, os.path.join(tmp, variant), c)
+          if computed is None:
+            computed = r['computed']
+          elif r['computed'] != computed:
+            raise RuntimeError(f'{config}: the {variant} run computed other values than the '
+                               'first run')
+          runs[variant].append(r)
+          print(f'  {config} {variant}: {r["wall_s"]:.1f} s wall, {r["cpu_s"]:.1f} s CPU, '
+                f'{r["peak_rss_mb"]:.0f} MiB', file=sys.stderr, flush=True)
+        entries = len(os.listdir(cache)) if os.path.isdir(cache) else 0
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = lambda v, k: float(np.median([r[k] for r in runs[v]]))
+    row = {'config': config, 'steps': FLAGS.steps, 'repeats': FLAGS.repeats,
+           'cache_entries': entries, 'same_values': True,
+           'cpu_count': os.cpu_count()}
+    for v in runs:
+      for k in ('wall_s', 'cpu_s', 'peak_rss_mb'):
+        row[f'{v}_{k}'] = med(v, k)
+    row['filled_over_no_cache_wall'] = row['filled_cache_wall_s'] / row['no_cache_wall_s']
+    row['filled_over_no_cache_cpu'] = row['filled_cache_cpu_s'] / row['no_cache_cpu_s']
+    line = json.dumps(row)
+    print(line, flush=True)
+    if FLAGS.out:
+      with open(FLAGS.out, 'a') as f:
+        f.write(line + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
