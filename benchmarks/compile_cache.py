@@ -44,6 +44,14 @@ def _with_steps(config: str, steps: int) -> str:
   return f'{path}:{arg},{extra}' if arg else f'{path}:{extra}'
 
 
+def _busy_s() -> float:
+  """CPU seconds the whole machine has been busy (Linux /proc/stat)."""
+  with open('/proc/stat') as f:
+    vals = [int(x) for x in f.readline().split()[1:]]
+  idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+  return (sum(vals) - idle) / os.sysconf('SC_CLK_TCK')
+
+
 def run_once(config: str, steps: int, workdir: str, cache: str | None) -> dict:
   env = dict(os.environ)
   env.pop(CACHE_ENV, None)
@@ -51,25 +59,30 @@ def run_once(config: str, steps: int, workdir: str, cache: str | None) -> dict:
     env[CACHE_ENV] = cache
   cmd = [sys.executable, '-m', 'experiments.train', f'--config={_with_steps(config, steps)}',
          f'--workdir={workdir}']
-  t0 = time.perf_counter()
+  t0, busy0 = time.perf_counter(), _busy_s()
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   out = proc.stdout.read()
   _, status, usage = os.wait4(proc.pid, 0)
   wall = time.perf_counter() - t0
+  cpu = usage.ru_utime + usage.ru_stime
+  # the share of the machine that other processes used meanwhile (0: a quiet machine)
+  other = max(_busy_s() - busy0 - cpu, 0.0) / (wall * (os.cpu_count() or 1))
   if os.waitstatus_to_exitcode(status) != 0:
     raise RuntimeError(f'{" ".join(cmd)} failed:\n{out[-3000:]}')
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   # What the run computed, without its clock: must not depend on where the programs came from.
   computed = [{k: v for k, v in r.items() if 'time' not in k and not k.endswith('_s')}
               for r in rows]
-  return {'wall_s': wall, 'cpu_s': usage.ru_utime + usage.ru_stime,
-          'peak_rss_mb': usage.ru_maxrss / 1024, 'computed': computed}
+  return {'wall_s': wall, 'cpu_s': cpu, 'peak_rss_mb': usage.ru_maxrss / 1024,
+          'other_load': other, 'computed': computed}
 
 
 def main(argv):
   del argv
   import numpy as np
+  if FLAGS.repeats < 1:
+    raise app.UsageError(f'--repeats={FLAGS.repeats}: must be at least 1')
   for config in FLAGS.configs:
     runs = {'no_cache': [], 'empty_cache': [], 'filled_cache': []}
     computed = None
@@ -86,7 +99,8 @@ def main(argv):
                                'first run')
           runs[variant].append(r)
           print(f'  {config} {variant}: {r["wall_s"]:.1f} s wall, {r["cpu_s"]:.1f} s CPU, '
-                f'{r["peak_rss_mb"]:.0f} MiB', file=sys.stderr, flush=True)
+                f'{r["peak_rss_mb"]:.0f} MiB, other load {r["other_load"]:.2f}', file=sys.stderr,
+                flush=True)
         entries = len(os.listdir(cache)) if os.path.isdir(cache) else 0
       finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,6 +111,7 @@ def main(argv):
     for v in runs:
       for k in ('wall_s', 'cpu_s', 'peak_rss_mb'):
         row[f'{v}_{k}'] = med(v, k)
+    row['other_load_max'] = max(r['other_load'] for v in runs for r in runs[v])
     row['filled_over_no_cache_wall'] = row['filled_cache_wall_s'] / row['no_cache_wall_s']
     row['filled_over_no_cache_cpu'] = row['filled_cache_cpu_s'] / row['no_cache_cpu_s']
     line = json.dumps(row)

@@ -41,6 +41,13 @@ def main(argv):
   cli_utils.quiet_logs_unless_asked()  # as the training runs: orbax's INFO logs hidden
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cache = _XLA_CACHE.value
+  if cache is None:  # the environment's setting ('' included: off), else the sweep dir's cache
+    cache = os.environ.get(sweeps.XLA_CACHE_ENV, os.path.join(_SWEEP_DIR.value, 'xla_cache'))
+  # This process's own compiles (the K_eval evaluations) use it too. Set before anything
+  # compiles: jax fixes its cache directory at the first compile.
+  import jax
+  jax.config.update('jax_compilation_cache_dir', sweeps.cache_path(cache) or None)
   sweep = sweeps.load_sweep(_SWEEP.value)
   if _ONLY.value:
     try:
@@ -55,16 +62,11 @@ def main(argv):
   elif _FROM_ARCHIVE.value:
     names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, _CONFIG.value, log=log)
     print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
-  cache = _XLA_CACHE.value
-  if cache is None:
-    cache = os.environ.get(sweeps.XLA_CACHE_ENV) or os.path.join(_SWEEP_DIR.value, 'xla_cache')
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log,
                             xla_cache_dir=cache)
   if _DRY_RUN.value:
     return
   if _EVAL_K.value:
-    import jax  # the evaluations below run in this process
-    jax.config.update('jax_compilation_cache_dir', os.path.abspath(cache) if cache else None)
     sweeps.evaluate_points(sweep, _SWEEP_DIR.value, [int(k) for k in _EVAL_K.value], log=log)
   if _REPORT.value:
     out = report.make_report(sweeps.collect(_SWEEP_DIR.value), _SWEEP_DIR.value,

@@ -202,6 +202,11 @@ def write_manifest(sweep_dir: str, config_spec: str, sweep: Sweep) -> None:
 XLA_CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
 
 
+def cache_path(xla_cache_dir: str) -> str:
+  """The directory as the points' processes get it: '~' expanded, absolute ('' stays '')."""
+  return os.path.abspath(os.path.expanduser(xla_cache_dir)) if xla_cache_dir else ''
+
+
 def point_env(xla_cache_dir: Optional[str]) -> Optional[dict]:
   """The environment of a point's process: None (this one's, unchanged) when xla_cache_dir is
   None; without JAX's compilation cache when it is ''; else with the cache in that directory, so
@@ -211,7 +216,7 @@ def point_env(xla_cache_dir: Optional[str]) -> Optional[dict]:
   env = dict(os.environ)
   env.pop(XLA_CACHE_ENV, None)
   if xla_cache_dir:
-    env[XLA_CACHE_ENV] = os.path.abspath(xla_cache_dir)
+    env[XLA_CACHE_ENV] = cache_path(xla_cache_dir)
   return env
 
 
@@ -219,14 +224,17 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
               module: str = TRAIN_MODULE, log=print, cwd: Optional[str] = None,
               xla_cache_dir: Optional[str] = None) -> list[dict]:
   """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts.
-  xla_cache_dir: see point_env (the dry run's commands then start with the variable)."""
+  xla_cache_dir: see point_env (the dry run's commands then start with the variable, or with
+  `env -u` of it when the cache is off)."""
   write_manifest(sweep_dir, config_spec, sweep)
   status = []
   todo = [p for p in sweep.points if not is_finished(os.path.join(sweep_dir, slug(p)))]
   env = point_env(xla_cache_dir)
   if dry_run:
-    prefix = (f'{XLA_CACHE_ENV}={shlex.quote(env[XLA_CACHE_ENV])} '
-              if env is not None and XLA_CACHE_ENV in env else '')
+    prefix = ''
+    if env is not None:
+      prefix = (f'{XLA_CACHE_ENV}={shlex.quote(env[XLA_CACHE_ENV])} ' if XLA_CACHE_ENV in env
+                else f'env -u {XLA_CACHE_ENV} ')
     for p in sweep.points:
       cmd = point_command(config_spec, sweep, p, sweep_dir, module)
       log(prefix + ' '.join(shlex.quote(c) for c in cmd))

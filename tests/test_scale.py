@@ -172,6 +172,30 @@ def test_gradient_accumulation_equals_full_batch():
   _assert_close(s_micro['params'], s_full['params'], rtol=1e-5, atol=1e-6)
 
 
+def test_the_micro_batched_step_differentiates_the_loss_once_while_tracing(monkeypatch):
+  # The loop's zero carry takes its shapes from the loss alone (the gradients have the
+  # parameters' shapes): differentiating the loss a second time, only for shapes, doubled the
+  # lowering time of every micro-batched step (paper model, K=2: 6.5-7.2 s against 2.5-3.8 s
+  # for the whole batch).
+  exp = build_experiment(kv_retrieval.get_config('tiny,batch_size=8,optim.micro_batch_size=2'))
+  state = init_state(exp, jax.random.PRNGKey(0))
+  batch = {k: jnp.asarray(v) for k, v in next(exp.task.train_batches(8))[1].items()}
+  from gradmem_jax.training import steps
+  calls = []
+
+  class CountingJax:  # jax as steps.py sees it, counting its value_and_grad calls
+    def __getattr__(self, name):
+      return getattr(jax, name)
+
+    def value_and_grad(self, *a, **k):
+      calls.append(1)
+      return jax.value_and_grad(*a, **k)
+
+  monkeypatch.setattr(steps, 'jax', CountingJax())
+  jax.jit(steps.make_train_step(exp)).lower(state, batch, jax.random.PRNGKey(1))
+  assert len(calls) == 1
+
+
 def test_auto_micro_batch_resolves_per_platform_and_context_length():
   one = jax.devices()[:1]
   exp = build_experiment(kv_retrieval.get_config('tiny,batch_size=32,optim.micro_batch_size=-1'), one)

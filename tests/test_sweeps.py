@@ -208,14 +208,15 @@ def test_a_point_taken_between_look_and_launch_is_busy_not_failed(tmp_path, monk
   assert status == [{'slug': 'n_pairs=2', 'status': 'busy (it has finished since)'}]
 
 
-def test_dry_run_prints_one_command_per_point(tmp_path):
+def test_dry_run_prints_one_command_per_point(tmp_path, monkeypatch):
+  monkeypatch.delenv(sweeps.XLA_CACHE_ENV, raising=False)  # the sweep's default cache, then
   out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
               f'--sweep={ROOT}/configs/sweeps/n_pairs.py:paper', f'--sweep_dir={tmp_path}',
               '--dry_run'])
   cmds = [l for l in out.splitlines() if 'experiments.train' in l]
   assert len(cmds) == 48 == len(sweeps.load_sweep(f'{ROOT}/configs/sweeps/n_pairs.py:paper').points)
-  if sweeps.XLA_CACHE_ENV not in os.environ:  # else that one: every point shares the sweep's cache
-    assert all(c.startswith(f'{sweeps.XLA_CACHE_ENV}={tmp_path}/xla_cache python ') for c in cmds)
+  # every point shares the sweep's compilation cache
+  assert all(c.startswith(f'{sweeps.XLA_CACHE_ENV}={tmp_path}/xla_cache python ') for c in cmds)
   assert len(set(cmds)) == 48
   assert all('--workdir=' in c and 'paper_n16' in c for c in cmds)
   assert not any(os.path.isdir(tmp_path / d) for d in os.listdir(tmp_path))  # nothing ran
@@ -254,10 +255,18 @@ def test_points_run_with_the_compilation_cache_asked_for(tmp_path, monkeypatch):
   assert seen(str(tmp_path / 'c')) == str(tmp_path / 'c')
   monkeypatch.chdir(tmp_path)
   assert seen('rel') == str(tmp_path / 'rel')  # made absolute: the point may run elsewhere
-  logs = []
-  sweeps.run_sweep('configs/kv_retrieval.py', s, str(sd), dry_run=True, log=logs.append,
-                   xla_cache_dir='rel')
-  assert logs[0].startswith(f'{sweeps.XLA_CACHE_ENV}={tmp_path / "rel"} python -m ')
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  assert seen('~/xc') == str(tmp_path / 'home' / 'xc')
+
+  def dry(cache):
+    logs = []
+    sweeps.run_sweep('configs/kv_retrieval.py', s, str(sd), dry_run=True, log=logs.append,
+                     xla_cache_dir=cache)
+    return logs[0]
+
+  assert dry('rel').startswith(f'{sweeps.XLA_CACHE_ENV}={tmp_path / "rel"} python -m ')
+  assert dry('').startswith(f'env -u {sweeps.XLA_CACHE_ENV} python -m ')  # off, wherever it runs
+  assert dry(None).startswith('python -m ')
 
 
 def test_a_program_loaded_from_the_cache_trains_as_the_compiled_one(tmp_path, monkeypatch):
@@ -273,7 +282,10 @@ def test_a_program_loaded_from_the_cache_trains_as_the_compiled_one(tmp_path, mo
   _run(args + [f'--sweep_dir={a}'])  # compiles, and fills a/xla_cache
   cached = sorted(os.listdir(a / 'xla_cache'))
   assert any(n.startswith('jit_train_step-') for n in cached), cached
+  monkeypatch.setenv('JAX_LOG_COMPILES', '1')  # jax then logs each cache hit
   _run(args + [f'--sweep_dir={b}', f'--xla_cache_dir={a / "xla_cache"}'])  # loads
+  log = (b / 'K=2' / 'stdout.log').read_text()
+  assert "Persistent compilation cache hit for 'jit_train_step'" in log, log[-3000:]
   assert sorted(os.listdir(a / 'xla_cache')) == cached  # nothing new: every program was found
   assert not (b / 'xla_cache').exists()
 
