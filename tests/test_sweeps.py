@@ -257,6 +257,7 @@ def test_points_run_with_the_compilation_cache_asked_for(tmp_path, monkeypatch):
   assert seen('rel') == str(tmp_path / 'rel')  # made absolute: the point may run elsewhere
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   assert seen('~/xc') == str(tmp_path / 'home' / 'xc')
+  assert seen('gs://bucket/xc') == 'gs://bucket/xc'  # a URL jax takes as it is
 
   def dry(cache):
     logs = []
