@@ -2,8 +2,9 @@ r"""What JAX's persistent compilation cache saves a run's start: the runner in f
 without the cache, with an empty one (it fills it) and with the filled one; prints one JSON object
 per configuration.
 
-  python benchmarks/compile_cache.py                      # the default CPU job and the paper model
-  python benchmarks/compile_cache.py --configs='configs/babi.py:smollm2,qa1,optim.batch_size=4'
+  python benchmarks/compile_cache.py                      # the default CPU job
+  python benchmarks/compile_cache.py --configs=configs/kv_retrieval.py \
+      --configs=configs/kv_retrieval.py:paper_n16,K=2,data.n_val=64,eval.batch_size=64
 
 Each run is `python -m experiments.train --config=<config>,max_steps=<steps>` in a fresh
 workdir, so nearly all of it is start-up: imports, building the task, tracing and compiling (or
@@ -29,8 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('configs', ['configs/kv_retrieval.py', 'configs/kv_retrieval.py:paper_n16'],
-                  'runner configs (file[:presets,overrides]), one row each')
+flags.DEFINE_multi_string('configs', ['configs/kv_retrieval.py'],
+                          'a runner config (file[:presets,overrides]), one row each; repeat the '
+                          'flag for several (a config holds commas, so no comma list)')
 flags.DEFINE_integer('steps', 2, 'training steps per run (also the evaluation interval)')
 flags.DEFINE_integer('repeats', 2, 'rounds of (no cache, empty cache, filled cache)')
 flags.DEFINE_string('out', '', 'also append the JSON lines to this file')
