@@ -203,8 +203,11 @@ XLA_CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
 
 
 def cache_path(xla_cache_dir: str) -> str:
-  """The directory as the points' processes get it: '~' expanded, absolute ('' stays ''; a URL
-  such as gs://bucket/cache, which jax also takes, stays as it is)."""
+  """The directory as the points' processes get it: '~' expanded, absolute ('' stays ''; a
+  remote URL such as gs://bucket/cache, which jax also takes, stays as it is; file:// becomes
+  the local path, which jax would not take as a URL)."""
+  if xla_cache_dir.startswith('file://'):
+    xla_cache_dir = xla_cache_dir[len('file://'):]
   if not xla_cache_dir or '://' in xla_cache_dir:
     return xla_cache_dir
   return os.path.abspath(os.path.expanduser(xla_cache_dir))

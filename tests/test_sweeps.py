@@ -258,6 +258,7 @@ def test_points_run_with_the_compilation_cache_asked_for(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   assert seen('~/xc') == str(tmp_path / 'home' / 'xc')
   assert seen('gs://bucket/xc') == 'gs://bucket/xc'  # a URL jax takes as it is
+  assert seen(f'file://{tmp_path}/fx') == str(tmp_path / 'fx')  # one it does not: a local path
 
   def dry(cache):
     logs = []
