@@ -29,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags  # noqa: E402
 
+from rows import busy_jiffies, emit  # noqa: E402  (beside this script)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('configs', ['configs/kv_retrieval.py'],
                           'a runner config (file[:presets,overrides]), one row each; repeat the '
@@ -47,11 +49,8 @@ def _with_steps(config: str, steps: int) -> str:
 
 
 def _busy_s() -> float:
-  """CPU seconds the whole machine has been busy (Linux /proc/stat)."""
-  with open('/proc/stat') as f:
-    vals = [int(x) for x in f.readline().split()[1:]]
-  idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-  return (sum(vals) - idle) / os.sysconf('SC_CLK_TCK')
+  """CPU seconds the whole machine has been busy."""
+  return busy_jiffies()[0] / os.sysconf('SC_CLK_TCK')
 
 
 def run_once(config: str, steps: int, workdir: str, cache: str | None) -> dict:
@@ -116,11 +115,7 @@ def main(argv):
     row['other_load_max'] = max(r['other_load'] for v in runs for r in runs[v])
     row['filled_over_no_cache_wall'] = row['filled_cache_wall_s'] / row['no_cache_wall_s']
     row['filled_over_no_cache_cpu'] = row['filled_cache_cpu_s'] / row['no_cache_cpu_s']
-    line = json.dumps(row)
-    print(line, flush=True)
-    if FLAGS.out:
-      with open(FLAGS.out, 'a') as f:
-        f.write(line + '\n')
+    emit(json.dumps(row), FLAGS.out)
 
 
 if __name__ == '__main__':

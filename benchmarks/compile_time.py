@@ -23,6 +23,8 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
+from rows import emit  # noqa: E402  (beside this script)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', 'configs/babi.py:smollm2,qa1',
                     'config file and presets, as the runners take it')
@@ -83,10 +85,7 @@ def main(argv):
       lines = [json.dumps({'scan_layers': v, 'error': out.returncode,
                            'stderr_tail': out.stderr[-2000:]})]
     for l in lines:
-      print(l, flush=True)
-      if FLAGS.out:
-        with open(FLAGS.out, 'a') as f:
-          f.write(l + '\n')
+      emit(l, FLAGS.out)
 
 
 if __name__ == '__main__':

@@ -31,6 +31,8 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
+from rows import emit  # noqa: E402  (beside this script)
+
 flags.DEFINE_string('Ks', '2', 'comma list of WRITE steps K')
 flags.DEFINE_string('modes', 'second', 'comma list of gradient modes')
 flags.DEFINE_integer('n_pairs', 16, 'key-value pairs per context')
@@ -92,10 +94,7 @@ def main(argv):
       ints(FLAGS.Ks, 'Ks'), [m for m in FLAGS.modes.split(',') if m], micros,
       [r for r in FLAGS.remat.split(',') if r]):
     row = plan(K, mode, FLAGS.n_pairs, FLAGS.batch, micro, remat, FLAGS.overrides)
-    print(json.dumps(row), flush=True)
-    if FLAGS.out:  # row by row: a kill keeps the rows already planned
-      with open(FLAGS.out, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+    emit(json.dumps(row), FLAGS.out)  # row by row: a kill keeps the rows already planned
 
 
 if __name__ == '__main__':

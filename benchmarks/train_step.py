@@ -31,17 +31,11 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
+from rows import busy_jiffies, emit  # noqa: E402  (beside this script)
+
 
 # ------------------------------------------------------------------------------------------------
 # Machine load (Linux /proc/stat).
-
-
-def _busy_jiffies():
-  with open('/proc/stat') as f:
-    parts = f.readline().split()[1:]
-  vals = [int(x) for x in parts]
-  idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-  return sum(vals) - idle, sum(vals)
 
 
 def _own_cpu_s():
@@ -53,12 +47,12 @@ def other_load(fn):
   """Runs fn(); returns (result, wall seconds, fraction of the machine used by other processes)."""
   hz = os.sysconf('SC_CLK_TCK')
   ncpu = os.cpu_count() or 1
-  b0, _ = _busy_jiffies()
+  b0, _ = busy_jiffies()
   c0 = _own_cpu_s()
   t0 = time.perf_counter()
   out = fn()
   wall = time.perf_counter() - t0
-  b1, _ = _busy_jiffies()
+  b1, _ = busy_jiffies()
   c1 = _own_cpu_s()
   other = max((b1 - b0) / hz - (c1 - c0), 0.0)
   return out, wall, other / max(wall * ncpu, 1e-9)
@@ -328,10 +322,7 @@ def run_fresh(cmd: list, config, out_path: str) -> None:
     lines = [json.dumps({'name': 'error', 'config': config, 'returncode': out.returncode,
                          'stderr_tail': out.stderr[-2000:]})]
   for l in lines:
-    print(l, flush=True)
-    if out_path:
-      with open(out_path, 'a') as f:
-        f.write(l + '\n')
+    emit(l, out_path)
 
 
 if __name__ == '__main__':

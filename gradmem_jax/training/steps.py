@@ -63,17 +63,14 @@ def finite_flags(loss, grad_norm, sums: dict, new_state) -> tuple[jax.Array, lis
   return jnp.concatenate(parts), names
 
 
-def _grads_shapes(grads_of, params, batch, rng, n_target, n_samples):
-  """The shapes of grads_of's ((loss, sums), grads), for the micro-batch loop's zero carry.
-  The gradients have their parameters' shapes and dtypes, so only the loss is traced (its forward,
-  K WRITE steps included), not its second-order gradient: tracing that twice, here and in the loop,
-  took about half of the micro-batched step's lowering time. Parameters that are not all floating
-  point (whose gradients would be float0) fall back to tracing the gradient."""
-  leaves = jax.tree_util.tree_leaves(params)
-  if not all(jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves):
-    return jax.eval_shape(grads_of, params, batch, rng, n_target, n_samples)
-  loss_shapes = jax.eval_shape(
-      lambda p, b, r: grads_of.loss(p, b, r, n_target, n_samples), params, batch, rng)
+def _grads_shapes(loss_of, params, batch, rng, n_target, n_samples):
+  """The shapes of ((loss, sums), grads) of loss_of's value_and_grad, for the micro-batch loop's
+  zero carry. The gradients have their parameters' shapes and dtypes (value_and_grad takes only
+  floating-point parameters), so only the loss is traced (its forward, K WRITE steps included),
+  not its second-order gradient: tracing that twice, here and in the loop, took about half of
+  the micro-batched step's lowering time."""
+  loss_shapes = jax.eval_shape(lambda p, b, r: loss_of(p, b, r, n_target, n_samples),
+                               params, batch, rng)
   grads = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   return loss_shapes, grads
 
@@ -100,8 +97,6 @@ def make_train_step(exp: Experiment, guard: Optional[bool] = None):
   def grads_of(params, batch, rng, n_target, n_samples):
     return jax.value_and_grad(loss_of, has_aux=True)(params, batch, rng, n_target, n_samples)
 
-  grads_of.loss = loss_of
-
   def train_step(state, batch, rng):
     params = state['params']
     n_target = jnp.maximum(jnp.sum(batch['target_mask']).astype(jnp.float32), 1.0)
@@ -112,7 +107,7 @@ def make_train_step(exp: Experiment, guard: Optional[bool] = None):
     else:
       mbatches = _split_micro(batch, n_micro, exp.mesh)
       rngs = jax.random.split(rng, n_micro)
-      shapes = _grads_shapes(grads_of, params, jax.tree_util.tree_map(lambda x: x[0], mbatches),
+      shapes = _grads_shapes(loss_of, params, jax.tree_util.tree_map(lambda x: x[0], mbatches),
                              rngs[0], n_target, n_samples)
       zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
