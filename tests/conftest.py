@@ -20,7 +20,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 # The suite compiles hundreds of tiny programs and runs most of them a few times, so compiling
-# costs more than running. Two XLA:CPU settings make compiling cheaper; neither changes the program
+# costs more than running. Three XLA:CPU settings make compiling cheaper; none changes the program
 # jax hands to XLA, only how XLA compiles it for the CPU:
 # - backend optimisation level 0 (LLVM's optimisation passes off): two compile-bound tests
 #   (test_grad_modes, check_grads_adam) took 23 s instead of 39 s; the suite 459 s instead of 750 s.
@@ -31,11 +31,17 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 #   (that program compiled to 14,117 lines of HLO instead of 14,242), so float rounding may differ.
 #   jaxlib 0.12.0.1 no longer knows the flag (its CPU backend has only the fusion emitters): there
 #   the probe below drops it and keeps level 0 (checked with Python 3.12.1).
+# - one LLVM module per program instead of several compiled on parallel threads
+#   (--xla_cpu_parallel_codegen_split_count=1): the suite's programs are tiny and its two xdist
+#   workers already fill both cores, so the split only adds work. Four compile-bound tests of
+#   test_gradmem.py (11 cases, one process, two rounds alternated) took 169 / 173 s of CPU instead
+#   of 181 / 194 s (2026-11-28). It changes how XLA's machine code is compiled, not the program.
 # The whole suite passes with them, its bit-identity checks included. Appended to the user's
 # XLA_FLAGS (the subprocesses inherit it); GRADMEM_TEST_XLA_OPT=1 keeps XLA's defaults. XLA aborts a
 # process on a flag it does not know, so each is asked first, in a subprocess, and a jaxlib that
 # has dropped one keeps the others.
-_FAST_COMPILE = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false')
+_FAST_COMPILE = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false',
+                 '--xla_cpu_parallel_codegen_split_count=1')
 
 
 def _xla_accepts(flags: str) -> bool:
