@@ -34,13 +34,22 @@ _XLA_CACHE = flags.DEFINE_string(
     'a resumed point) load it instead of compiling it again. Default: $JAX_COMPILATION_CACHE_DIR '
     "when set, else <sweep_dir>/xla_cache; '' turns it off.")
 _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point whose method '
-                            'supports it with these K_eval values (k_extrapolation.json).')
+                            'supports it with these K_eval values (k_extrapolation.json): a '
+                            'point as soon as it finishes (in a process of its own), then, at '
+                            'the end, the finished points that still have none.')
 
 
 def main(argv):
   cli_utils.quiet_logs_unless_asked()  # as the training runs: orbax's INFO logs hidden
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    eval_ks = [int(k) for k in _EVAL_K.value]
+  except ValueError:
+    eval_ks = [-1]
+  if any(k < 0 for k in eval_ks):
+    raise app.UsageError(f'--K_eval={",".join(_EVAL_K.value)}: allowed are whole numbers >= 0 '
+                         '(WRITE steps at evaluation), e.g. --K_eval=1,2,5,8')
   cache = _XLA_CACHE.value
   if cache is None:  # the environment's setting ('' included: off), else the sweep dir's cache
     cache = os.environ.get(sweeps.XLA_CACHE_ENV, os.path.join(_SWEEP_DIR.value, 'xla_cache'))
@@ -63,11 +72,11 @@ def main(argv):
     names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, _CONFIG.value, log=log)
     print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log,
-                            xla_cache_dir=cache)
+                            xla_cache_dir=cache, eval_ks=eval_ks)
   if _DRY_RUN.value:
     return
-  if _EVAL_K.value:
-    sweeps.evaluate_points(sweep, _SWEEP_DIR.value, [int(k) for k in _EVAL_K.value], log=log)
+  if eval_ks:
+    sweeps.evaluate_points(sweep, _SWEEP_DIR.value, eval_ks, log=log)
   if _REPORT.value:
     out = report.make_report(sweeps.collect(_SWEEP_DIR.value), _SWEEP_DIR.value,
                              figures=sweep.figures, title=sweep.name)

@@ -228,10 +228,14 @@ def point_env(xla_cache_dir: Optional[str]) -> Optional[dict]:
 
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
               module: str = TRAIN_MODULE, log=print, cwd: Optional[str] = None,
-              xla_cache_dir: Optional[str] = None) -> list[dict]:
+              xla_cache_dir: Optional[str] = None,
+              eval_ks: Sequence[int] = ()) -> list[dict]:
   """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts.
   xla_cache_dir: see point_env (the dry run's commands then start with the variable, or with
-  `env -u` of it when the cache is off)."""
+  `env -u` of it when the cache is off). eval_ks: K_eval values each point that finishes here is
+  evaluated with at once, in a process of its own (evaluate_point), before the next point starts:
+  a sweep cut short keeps the K extrapolation of the points it finished, and this process never
+  takes an accelerator from the points' processes."""
   write_manifest(sweep_dir, config_spec, sweep)
   status = []
   todo = [p for p in sweep.points if not is_finished(os.path.join(sweep_dir, slug(p)))]
@@ -297,26 +301,54 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
       em = r.get('best', {}).get('em')
       log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
           if em is not None else f'  {slug(p)}: done')
+      if eval_ks:
+        _evaluate_in_own_process(wd, eval_ks, env, cwd, log)
   return status
 
 
+_EVAL_CODE = ('import sys; from gradmem_jax import sweeps; '
+              'sweeps.evaluate_point(sys.argv[1], [int(k) for k in sys.argv[2].split(",")])')
+
+
+def _evaluate_in_own_process(wd: str, ks: Sequence[int], env: Optional[dict],
+                             cwd: Optional[str], log) -> None:
+  """evaluate_point of a point that has just finished, in a fresh process (output appended to the
+  point's stdout.log). A failure is logged, not raised: the sweep's end tries again."""
+  cmd = [sys.executable, '-c', _EVAL_CODE, os.path.abspath(wd), ','.join(str(int(k)) for k in ks)]
+  with open(os.path.join(wd, 'stdout.log'), 'a') as out:
+    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+  name = os.path.basename(os.path.normpath(wd))
+  if rc != 0:
+    log(f'  {name}: K_eval evaluation failed (exit {rc}; see {wd}/stdout.log); the end of the '
+        'sweep tries again')
+  elif os.path.exists(os.path.join(wd, 'k_extrapolation.json')):
+    log(f'  {name}: evaluated with K_eval={[int(k) for k in ks]}')
+
+
 def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) -> None:
-  """k_extrapolation.json (one row per K_eval) for every finished point whose method evaluates
-  with another K than it trained with; points that have one are skipped."""
-  from gradmem_jax.training import evaluate
+  """evaluate_point for every finished point of the sweep, in this process."""
   for p in sweep.points:
     wd = os.path.join(sweep_dir, slug(p))
-    out = os.path.join(wd, 'k_extrapolation.json')
-    if not is_finished(wd) or os.path.exists(out):
-      continue
-    if not has_params(wd):
-      log(f'  {slug(p)}: not evaluated with K_eval, its parameters are not here (restored from '
-          'an archive without them)')
-      continue
-    rows = evaluate.evaluate_run(wd, ks)
-    if len(rows) > 1 or len(ks) == 1:
-      _write_json(out, rows)
-      log(f'  {slug(p)}: evaluated with K_eval={list(ks)}')
+    if is_finished(wd):
+      evaluate_point(wd, ks, log=log)
+
+
+def evaluate_point(wd: str, ks: Sequence[int], log=print) -> None:
+  """k_extrapolation.json (one row per K_eval) of a finished point whose method evaluates with
+  another K than it trained with; a point that has one is left as it is."""
+  from gradmem_jax.training import evaluate
+  name = os.path.basename(os.path.normpath(wd))
+  out = os.path.join(wd, 'k_extrapolation.json')
+  if os.path.exists(out):
+    return
+  if not has_params(wd):
+    log(f'  {name}: not evaluated with K_eval, its parameters are not here (restored from '
+        'an archive without them)')
+    return
+  rows = evaluate.evaluate_run(wd, ks)
+  if len(rows) > 1 or len(ks) == 1:
+    _write_json(out, rows)
+    log(f'  {name}: evaluated with K_eval={list(ks)}')
 
 
 def collect_finished(sweep_dir: str) -> list[dict]:

@@ -37,15 +37,25 @@ def two_point_sweep(tmp_path):
 def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   sd = tmp_path / 'sweep'
   args = ['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
-          f'--sweep={two_point_sweep}', f'--sweep_dir={sd}']
+          f'--sweep={two_point_sweep}', f'--sweep_dir={sd}', '--K_eval=1,2']
   first = _run(args)
   assert first.count(': running') == 2
   for slug in ('K=1', 'K=2'):
     r = json.load(open(sd / slug / 'results.json'))
     assert r['K'] == int(slug[-1]) and r['steps'] == 2
+    assert [row['K_eval'] for row in json.load(open(sd / slug / 'k_extrapolation.json'))] == [1, 2]
+  # A point is evaluated as soon as it finishes, before the next one starts: a sweep cut short
+  # keeps the K extrapolation of what it finished.
+  assert first.index('K=1: evaluated with K_eval=[1, 2]') < first.index('[2/2] K=2: running')
   assert (sd / 'report.md').exists() and (sd / 'em_vs_K.png').stat().st_size > 0
+  # The end of the sweep evaluates, in its own process, a finished point that has none, and gets
+  # what the point's own evaluation process got.
+  own = json.load(open(sd / 'K=2' / 'k_extrapolation.json'))
+  os.remove(sd / 'K=2' / 'k_extrapolation.json')
   second = _run(args)
   assert second.count('finished, skipped') == 2 and ': running' not in second
+  assert 'K=2: evaluated with K_eval=[1, 2]' in second and 'K=1: evaluated' not in second
+  assert json.load(open(sd / 'K=2' / 'k_extrapolation.json')) == own
   # The machine goes; the archive (with every point's best parameters) comes back in a fresh
   # sweep dir, and the parameters load as the run's own did.
   from configs import kv_retrieval
@@ -271,6 +281,30 @@ def test_points_run_with_the_compilation_cache_asked_for(tmp_path, monkeypatch):
   assert dry(None).startswith('python -m ')
 
 
+def test_a_failed_evaluation_of_a_finished_point_is_logged_and_the_sweep_goes_on(tmp_path,
+                                                                                 monkeypatch):
+  # A stand-in for the training module that finishes its point at once; the evaluation process
+  # is one that fails.
+  (tmp_path / 'finishes.py').write_text(
+      'import json, os, sys\n'
+      'wd = [a for a in sys.argv if a.startswith("--workdir=")][0].split("=", 1)[1]\n'
+      'json.dump({"best": {"em": 0.5}, "wall_time_s": 1.0}, '
+      'open(os.path.join(wd, "results.json"), "w"))\n')
+  monkeypatch.setenv('PYTHONPATH', str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  monkeypatch.setattr(sweeps, '_EVAL_CODE', 'import sys; print("eval ran", sys.argv[1:]); '
+                      'sys.exit(3)')
+  s = sweeps.Sweep('two', [{'n_pairs': 2}, {'n_pairs': 4}])
+  sd, logs = tmp_path / 'sd', []
+  status = sweeps.run_sweep('configs/kv_retrieval.py', s, str(sd), module='finishes',
+                            log=logs.append, cwd=ROOT, eval_ks=[1, 8])
+  assert [x['status'] for x in status] == ['ok', 'ok']
+  failed = [l for l in logs if 'K_eval evaluation failed (exit 3' in l]
+  assert len(failed) == 2 and 'the end of the sweep tries again' in failed[0]
+  assert logs.index(failed[0]) < logs.index(next(l for l in logs if l.startswith('[2/2]')))
+  # the evaluation process got the point's absolute workdir and the K_eval values
+  assert f"eval ran ['{sd / 'n_pairs=2'}', '1,8']" in (sd / 'n_pairs=2' / 'stdout.log').read_text()
+
+
 def test_a_program_loaded_from_the_cache_trains_as_the_compiled_one(tmp_path, monkeypatch):
   monkeypatch.delenv(sweeps.XLA_CACHE_ENV, raising=False)
   monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # tiny programs too
@@ -328,6 +362,12 @@ def test_bad_sweep_point_fails_before_running(tmp_path):
                         f'--sweep_dir={tmp_path / "s"}'], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode != 0 and 'sweep point K=-1' in out.stderr
+  for bad in ('1,-2', '1,two'):  # refused before anything runs, not after the sweep's training
+    out = subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--sweep={path}',
+                          f'--sweep_dir={tmp_path / "s"}', f'--K_eval={bad}'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and f'--K_eval={bad}: allowed are whole numbers >= 0' in out.stderr
+  assert not (tmp_path / 's').exists()
 
 
 def _fake_run(d, slug, overrides, em, token_acc, **fields):
