@@ -75,8 +75,7 @@ def main(argv):
                             xla_cache_dir=cache, eval_ks=eval_ks)
   if _DRY_RUN.value:
     return
-  if eval_ks:
-    sweeps.evaluate_points(sweep, _SWEEP_DIR.value, eval_ks, log=log)
+  eval_failed = sweeps.evaluate_points(sweep, _SWEEP_DIR.value, eval_ks, log=log) if eval_ks else []
   if _REPORT.value:
     out = report.make_report(sweeps.collect(_SWEEP_DIR.value), _SWEEP_DIR.value,
                              figures=sweep.figures, title=sweep.name)
@@ -87,8 +86,10 @@ def main(argv):
     print(f'{len(busy)} point(s) left to the processes training them: '
           f'{[s["slug"] for s in busy]}', flush=True)
   failed = [s for s in status if s['status'].startswith('failed')]
-  if failed:
-    raise SystemExit(f'{len(failed)} point(s) failed: {[s["slug"] for s in failed]}')
+  problems = ([f'{len(failed)} point(s) failed: {[s["slug"] for s in failed]}'] if failed else []) + (
+      [f'{len(eval_failed)} K_eval evaluation(s) failed: {eval_failed}'] if eval_failed else [])
+  if problems:
+    raise SystemExit('; '.join(problems))
 
 
 if __name__ == '__main__':

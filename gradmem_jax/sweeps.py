@@ -313,29 +313,38 @@ _EVAL_CODE = ('import sys; from gradmem_jax import sweeps; '
 def _evaluate_in_own_process(wd: str, ks: Sequence[int], env: Optional[dict],
                              cwd: Optional[str], log) -> None:
   """evaluate_point of a point that has just finished, in a fresh process (output appended to the
-  point's stdout.log). A failure is logged, not raised: the sweep's end tries again."""
+  point's stdout.log). A failure is logged, not raised: a later evaluate_points (experiments.sweep
+  calls it at its end) tries again."""
   cmd = [sys.executable, '-c', _EVAL_CODE, os.path.abspath(wd), ','.join(str(int(k)) for k in ks)]
   with open(os.path.join(wd, 'stdout.log'), 'a') as out:
     rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
   name = os.path.basename(os.path.normpath(wd))
   if rc != 0:
-    log(f'  {name}: K_eval evaluation failed (exit {rc}; see {wd}/stdout.log); the end of the '
-        'sweep tries again')
+    log(f'  {name}: K_eval evaluation failed (exit {rc}; see {wd}/stdout.log); left for a later '
+        'evaluation of the sweep\'s points')
   elif os.path.exists(os.path.join(wd, 'k_extrapolation.json')):
     log(f'  {name}: evaluated with K_eval={[int(k) for k in ks]}')
 
 
-def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) -> None:
-  """evaluate_point for every finished point of the sweep, in this process."""
+def evaluate_points(sweep: Sweep, sweep_dir: str, ks: Sequence[int], log=print) -> list[str]:
+  """evaluate_point for every finished point of the sweep, in this process. A point whose
+  evaluation raises is logged and left (the others still run); returns those points' names."""
+  failed = []
   for p in sweep.points:
     wd = os.path.join(sweep_dir, slug(p))
     if is_finished(wd):
-      evaluate_point(wd, ks, log=log)
+      try:
+        evaluate_point(wd, ks, log=log)
+      except Exception as e:  # pylint: disable=broad-except  (reported, and the caller fails)
+        log(f'  {slug(p)}: K_eval evaluation failed: {type(e).__name__}: {e}')
+        failed.append(slug(p))
+  return failed
 
 
 def evaluate_point(wd: str, ks: Sequence[int], log=print) -> None:
   """k_extrapolation.json (one row per K_eval) of a finished point whose method evaluates with
   another K than it trained with; a point that has one is left as it is."""
+  from gradmem_jax.memory import METHODS, memory_config_from
   from gradmem_jax.training import evaluate
   name = os.path.basename(os.path.normpath(wd))
   out = os.path.join(wd, 'k_extrapolation.json')
@@ -345,10 +354,13 @@ def evaluate_point(wd: str, ks: Sequence[int], log=print) -> None:
     log(f'  {name}: not evaluated with K_eval, its parameters are not here (restored from '
         'an archive without them)')
     return
+  method = memory_config_from(evaluate.load_run_config(wd).memory).method
+  if len(ks) > 1 and not METHODS.get(method).capabilities.k_extrapolation:
+    log(f'  {name}: not evaluated with K_eval, its method ({method}) has no test-time K')
+    return
   rows = evaluate.evaluate_run(wd, ks)
-  if len(rows) > 1 or len(ks) == 1:
-    _write_json(out, rows)
-    log(f'  {name}: evaluated with K_eval={list(ks)}')
+  _write_json(out, rows, tmp=f'{out}.{os.getpid()}.tmp')  # sweeps sharing a dir may race here
+  log(f'  {name}: evaluated with K_eval={list(ks)}')
 
 
 def collect_finished(sweep_dir: str) -> list[dict]:

@@ -299,10 +299,36 @@ def test_a_failed_evaluation_of_a_finished_point_is_logged_and_the_sweep_goes_on
                             log=logs.append, cwd=ROOT, eval_ks=[1, 8])
   assert [x['status'] for x in status] == ['ok', 'ok']
   failed = [l for l in logs if 'K_eval evaluation failed (exit 3' in l]
-  assert len(failed) == 2 and 'the end of the sweep tries again' in failed[0]
+  assert len(failed) == 2 and 'left for a later evaluation' in failed[0]
   assert logs.index(failed[0]) < logs.index(next(l for l in logs if l.startswith('[2/2]')))
   # the evaluation process got the point's absolute workdir and the K_eval values
   assert f"eval ran ['{sd / 'n_pairs=2'}', '1,8']" in (sd / 'n_pairs=2' / 'stdout.log').read_text()
+
+
+def test_evaluating_the_points_skips_methods_without_test_time_k_and_reports_failures(
+    tmp_path, monkeypatch):
+  from configs import kv_retrieval
+  from gradmem_jax.training import evaluate
+  s = sweeps.Sweep('two', [{'method': 'full_context'}, {'method': 'gradmem'}])
+  for p in s.points:  # finished points with their parameters, as a sweep leaves them
+    wd = tmp_path / sweeps.slug(p)
+    os.makedirs(wd / 'best' / '4')
+    (wd / 'config.json').write_text(
+        kv_retrieval.get_config(f'tiny,method={p["method"]}').to_json())
+    (wd / 'results.json').write_text('{}')
+
+  def evaluate_run(wd, ks):
+    if 'full_context' in wd:  # its single-K evaluation would be thrown away: not run at all
+      raise AssertionError('evaluated a method without test-time K')
+    raise RuntimeError('out of memory')
+
+  monkeypatch.setattr(evaluate, 'evaluate_run', evaluate_run)
+  logs = []
+  assert sweeps.evaluate_points(s, str(tmp_path), [1, 2], log=logs.append) == ['method=gradmem']
+  assert logs == ['  method=full_context: not evaluated with K_eval, its method (full_context) has '
+                  'no test-time K',
+                  '  method=gradmem: K_eval evaluation failed: RuntimeError: out of memory']
+  assert not list(tmp_path.glob('*/k_extrapolation.json'))
 
 
 def test_a_program_loaded_from_the_cache_trains_as_the_compiled_one(tmp_path, monkeypatch):
@@ -362,8 +388,11 @@ def test_bad_sweep_point_fails_before_running(tmp_path):
                         f'--sweep_dir={tmp_path / "s"}'], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode != 0 and 'sweep point K=-1' in out.stderr
+  good = tmp_path / 'good.py'
+  good.write_text('from gradmem_jax.sweeps import Sweep\n'
+                  'def get_sweep(arg=None):\n  return Sweep("good", [{"K": 1}], base="tiny")\n')
   for bad in ('1,-2', '1,two'):  # refused before anything runs, not after the sweep's training
-    out = subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--sweep={path}',
+    out = subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--sweep={good}',
                           f'--sweep_dir={tmp_path / "s"}', f'--K_eval={bad}'], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and f'--K_eval={bad}: allowed are whole numbers >= 0' in out.stderr
