@@ -222,6 +222,7 @@ def run_one(args):
   row = {
       'name': args.name, 'K': args.K, 'grad_mode': args.mode if args.name == 'train' else None,
       'batch': args.batch, 'n_pairs': args.n_pairs, 'remat': args.remat, 'impl': args.impl,
+      'overrides': args.overrides,
       'micro_batch': micro, 'loss_first': loss_first, 'step_s_median': med,
       'step_s_min': float(ts.min()),
       'step_s_max': float(ts.max()), 'steps_timed': len(ts), 'steps_discarded_load': discarded,
