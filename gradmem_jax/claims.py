@@ -42,6 +42,11 @@ MIN_GAP = 0.01  # a difference below one point of EM is no difference
 # before it by more than this: two points of EM, more than a plateaued run's evaluations wobble
 # (GradMem K=2 at N=4, seed 1: 94.6-95.6% over its last 2,500 steps).
 RISE = 0.02
+# A run fell back when its last evaluation is more than this below its best: it diverged or
+# collapsed after its best (GradMem K=5 at N=2, seed 2: 85.5% at step 3,000, 3.4% at 4,000). Its
+# cell is not affected (a run keeps, and the report takes, its best evaluation), but the run did
+# not converge, which the report says.
+FALL = 0.2
 # memory/config.py's, restated so that the report tools import no JAX (a test checks they match).
 GRAD_MODES = ('second', 'first', 'none')
 RMT_UPDATES = ('replace', 'residual')
@@ -414,6 +419,31 @@ def plot_curves(runs: Sequence[dict], path: str) -> bool:
   return _save(plt, fig, axes[0], path, legend_size=6)
 
 
+def fell_back(run: dict) -> Optional[tuple]:
+  """(best step, best EM, last step, last EM) of a run whose last evaluation is more than FALL
+  below its best (its learning curve's first best), else None (no curve kept, or no fall)."""
+  curve = run.get('em_curve') or []
+  if len(curve) < 2:
+    return None
+  best_step, best = max(curve, key=lambda point: point[1])
+  last_step, last = curve[-1]
+  return (best_step, best, last_step, last) if best - last > FALL else None
+
+
+def fall_lines(runs: Sequence[dict]) -> list[str]:
+  """The runs that fell back after their best, one line each, in the cells' order."""
+  found = []
+  for lab, r in claim_runs(runs):
+    f = fell_back(r)
+    if f:
+      found.append(((label_order(lab), int(r['n_pairs']), int(r.get('seed', 0))), lab, r, f))
+  out = [f'- {lab}, N={r["n_pairs"]}, seed {int(r.get("seed", 0))}: best {100 * f[1]:.1f}% at '
+         f'step {f[0]}, {100 * f[3]:.1f}% at its last evaluation (step {f[2]})'
+         for _, lab, r, f in sorted(found, key=lambda x: x[0])]
+  return out or [f'- none: no run with a learning curve ended more than {100 * FALL:.0f} points '
+                 'below its best']
+
+
 def convergence_lines(cs: 'OrderedDict[tuple, dict]') -> list[str]:
   """The cells with runs cut short while still rising: their means understate the method."""
   out = []
@@ -625,7 +655,10 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
            '', '## EM vs N', '', em_vs_n_table(cs) if cs else '(no finished runs)', '',
            '## Claims', ''] + claim_lines(cs) + [
                '', '## Runs cut short (still rising at their last steps)', ''] + \
-      convergence_lines(cs)
+      convergence_lines(cs) + [
+          '', '## Runs that fell back (last evaluation far below the best)', '',
+          'The cells take each run\'s best evaluation (the parameters it keeps); these runs '
+          'diverged or collapsed after it:', ''] + fall_lines(runs)
   kx = k_extrapolation_table(cs)
   if kx:
     parts += ['', '## Test-time K extrapolation (EM at K_eval, mean over seeds)', '', kx]

@@ -547,6 +547,27 @@ def test_learning_curves_say_which_runs_were_cut_short(tmp_path, monkeypatch):
   assert not claims.plot_curves(claims.read_ledger(str(old)), str(tmp_path / 'none.png'))
 
 
+def test_runs_that_fell_back_after_their_best_are_named(tmp_path):
+  # GradMem K=5 at N=2, seed 2's shape: a best, then a collapse by the last evaluation.
+  collapse = [(500, 0.46), (1000, 0.67), (3000, 0.855), (3500, 0.066), (4000, 0.034)]
+  wobble = [(500, 0.5), (1000, 0.9), (1500, 0.75)]  # 15 points below its best: within FALL
+  assert claims.fell_back({'em_curve': collapse}) == (3000, 0.855, 4000, 0.034)
+  assert claims.fell_back({'em_curve': wobble}) is None
+  assert claims.fell_back({'em_curve': collapse[:1]}) is None and claims.fell_back({}) is None
+  edge = lambda drop: {'em_curve': [(1, 0.5), (2, 0.5 - drop)]}
+  assert claims.fell_back(edge(0.19)) is None and claims.fell_back(edge(0.21)) is not None
+  runs = [_curve_run('gradmem', 5, 2, 2, collapse), _curve_run('gradmem', 5, 2, 0, wobble),
+          _curve_run('rmt', 1, 4, 1, collapse)]
+  md = claims.make_claims_report(runs, str(tmp_path / 'r'))['markdown']
+  section = md.split('## Runs that fell back')[1].split('##')[0]
+  # in the cells' order (GradMem before RMT), the cell itself still takes the best evaluation
+  assert ('- GradMem K=5, N=2, seed 2: best 85.5% at step 3000, 3.4% at its last evaluation '
+          '(step 4000)\n- RMT x1, N=4, seed 1: best 85.5% at step 3000') in section
+  assert 'seed 0' not in section
+  assert claims.fall_lines([_curve_run('gradmem', 5, 2, 0, wobble)]) == [
+      '- none: no run with a learning curve ended more than 20 points below its best']
+
+
 def test_a_bad_learning_curve_in_a_ledger_names_line_and_field(tmp_path):
   rows = claims.ledger_rows([_curve_run('gradmem', 1, 2, 0, [(500, 0.5), (1000, 0.6)])])
   for bad, match in (('[[500, 50.0]]', r"line 2, field 'em_curve': EM 50.0 at step 500 is outside"),
