@@ -43,13 +43,10 @@ def main(argv):
   cli_utils.quiet_logs_unless_asked()  # as the training runs: orbax's INFO logs hidden
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    eval_ks = [int(k) for k in _EVAL_K.value]
-  except ValueError:
-    eval_ks = [-1]
-  if any(k < 0 for k in eval_ks):
+  if not all(k.isdigit() for k in _EVAL_K.value):
     raise app.UsageError(f'--K_eval={",".join(_EVAL_K.value)}: allowed are whole numbers >= 0 '
                          '(WRITE steps at evaluation), e.g. --K_eval=1,2,5,8')
+  eval_ks = [int(k) for k in _EVAL_K.value]
   cache = _XLA_CACHE.value
   if cache is None:  # the environment's setting ('' included: off), else the sweep dir's cache
     cache = os.environ.get(sweeps.XLA_CACHE_ENV, os.path.join(_SWEEP_DIR.value, 'xla_cache'))
@@ -86,8 +83,11 @@ def main(argv):
     print(f'{len(busy)} point(s) left to the processes training them: '
           f'{[s["slug"] for s in busy]}', flush=True)
   failed = [s for s in status if s['status'].startswith('failed')]
-  problems = ([f'{len(failed)} point(s) failed: {[s["slug"] for s in failed]}'] if failed else []) + (
-      [f'{len(eval_failed)} K_eval evaluation(s) failed: {eval_failed}'] if eval_failed else [])
+  problems = []
+  if failed:
+    problems.append(f'{len(failed)} point(s) failed: {[s["slug"] for s in failed]}')
+  if eval_failed:
+    problems.append(f'{len(eval_failed)} K_eval evaluation(s) failed: {eval_failed}')
   if problems:
     raise SystemExit('; '.join(problems))
 
