@@ -37,6 +37,15 @@ _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point wh
                             'supports it with these K_eval values (k_extrapolation.json): a '
                             'point as soon as it finishes (in a process of its own), then, at '
                             'the end, the finished points that still have none.')
+_WORKERS = flags.DEFINE_integer(
+    'workers', 1, 'Points run at once, each in its own process, in the sweep\'s order (a '
+    'curriculum point waits for its source while free workers take the next points). The CPUs '
+    'are split between them; on one accelerator they share it (each gets '
+    'XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / workers unless set). Default: --worker_gpus\' '
+    'length, else 1.')
+_WORKER_GPUS = flags.DEFINE_list(
+    'worker_gpus', [], 'One CUDA_VISIBLE_DEVICES value per worker, "+" joining several GPUs: '
+    '--worker_gpus=0,1,2,3 (a GPU each) or 0+1,2+3 (two each).')
 
 
 def main(argv):
@@ -47,6 +56,13 @@ def main(argv):
     raise app.UsageError(f'--K_eval={",".join(_EVAL_K.value)}: allowed are whole numbers >= 0 '
                          '(WRITE steps at evaluation), e.g. --K_eval=1,2,5,8')
   eval_ks = [int(k) for k in _EVAL_K.value]
+  workers = _WORKERS.value
+  if _WORKER_GPUS.value and not flags.FLAGS['workers'].present:
+    workers = len(_WORKER_GPUS.value)
+  try:
+    sweeps.worker_slots(workers, _WORKER_GPUS.value)
+  except ValueError as e:
+    raise app.UsageError(f'--{e}')
   cache = _XLA_CACHE.value
   if cache is None:  # the environment's setting ('' included: off), else the sweep dir's cache
     cache = os.environ.get(sweeps.XLA_CACHE_ENV, os.path.join(_SWEEP_DIR.value, 'xla_cache'))
@@ -69,7 +85,8 @@ def main(argv):
     names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, _CONFIG.value, log=log)
     print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log,
-                            xla_cache_dir=cache, eval_ks=eval_ks)
+                            xla_cache_dir=cache, eval_ks=eval_ks, workers=workers,
+                            worker_gpus=_WORKER_GPUS.value)
   if _DRY_RUN.value:
     return
   eval_failed = sweeps.evaluate_points(sweep, _SWEEP_DIR.value, eval_ks, log=log) if eval_ks else []

@@ -3,9 +3,9 @@
 A sweep file (configs/sweeps/<name>.py) defines `get_sweep(arg) -> Sweep`. Each point is a dict
 of config overrides (dotted keys or the config file's aliases). The runner gives every point its
 own workdir `<sweep_dir>/<slug>`; a point whose workdir holds results.json is finished and skipped,
-an unfinished one resumes from its checkpoint. Points run one after another in fresh processes
-(one configuration per process), or `--dry_run` prints one launch command per point for a cluster
-or TPU-pod queue.
+an unfinished one resumes from its checkpoint. Points run in fresh processes (one configuration
+per process), one after another or several at once (`workers`: the CPUs split between them, or a
+GPU each), or `--dry_run` prints one launch command per point for a cluster or TPU-pod queue.
 """
 from __future__ import annotations
 
@@ -226,83 +226,219 @@ def point_env(xla_cache_dir: Optional[str]) -> Optional[dict]:
   return env
 
 
+def worker_slots(workers: int, worker_gpus: Sequence[str] = (),
+                 env: Optional[dict] = None) -> list[tuple[Optional[dict], Optional[set]]]:
+  """The environment and CPU set of each of `workers` parallel point processes.
+  One worker: `env` as it is and no pinning (the sequential sweep). Several: the CPUs this process
+  may use are split into disjoint contiguous sets, one per worker (XLA sizes its CPU thread pools
+  from the affinity, so the points do not fight over cores), unless there are fewer CPUs than
+  workers; worker_gpus (one CUDA_VISIBLE_DEVICES value per worker, '+' joining several GPUs)
+  gives each its accelerators. Workers sharing an accelerator (all of them without worker_gpus)
+  get XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / (workers sharing it) unless the environment sets it,
+  since each JAX process would otherwise preallocate 75% of the card."""
+  if workers < 1:
+    raise ValueError(f'workers={workers}: allowed are whole numbers >= 1')
+  if worker_gpus and len(worker_gpus) != workers:
+    raise ValueError(f'worker_gpus={",".join(worker_gpus)}: one entry per worker is needed '
+                     f'({workers} workers, {len(worker_gpus)} entries)')
+  for g in worker_gpus:
+    if not re.fullmatch(r'\d+(\+\d+)*', g):
+      raise ValueError(f'worker_gpus entry {g!r}: allowed are GPU indices, "+" joining several '
+                       '(e.g. 0,1 or 0+1,2+3)')
+  if workers == 1 and not worker_gpus:
+    return [(env, None)]
+  base = dict(os.environ if env is None else env)
+  cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
+  cpu_sets = [None] * workers
+  if len(cpus) >= workers:
+    per, extra = divmod(len(cpus), workers)
+    start = 0
+    for w in range(workers):
+      n = per + (w < extra)
+      cpu_sets[w] = set(cpus[start:start + n])
+      start += n
+  gpus = [g.replace('+', ',') for g in worker_gpus] or [None] * workers
+  slots = []
+  for w in range(workers):
+    e = dict(base)
+    if gpus[w] is not None:
+      e['CUDA_VISIBLE_DEVICES'] = gpus[w]
+    sharing = sum(g == gpus[w] for g in gpus) if worker_gpus else workers
+    if sharing > 1 and 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in base:
+      e['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / sharing:.2f}'
+    slots.append((e, cpu_sets[w]))
+  return slots
+
+
+def describe_slots(slots) -> str:
+  """One line: each worker's GPUs, accelerator memory share and CPUs."""
+  parts = []
+  for w, (e, cpus) in enumerate(slots):
+    bits = [f'{k}={e[k]}' for k in ('CUDA_VISIBLE_DEVICES', 'XLA_PYTHON_CLIENT_MEM_FRACTION')
+            if e is not None and k in e]
+    bits.append(f'CPUs {",".join(map(str, sorted(cpus)))}' if cpus else 'all CPUs')
+    parts.append(f'worker {w}: ' + ' '.join(bits))
+  return f'{len(slots)} workers: ' + '; '.join(parts)
+
+
+def _pinned(cpus: Optional[set]):
+  """preexec_fn that pins the child process to `cpus` (None: nothing)."""
+  if not cpus:
+    return None
+  return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
               module: str = TRAIN_MODULE, log=print, cwd: Optional[str] = None,
               xla_cache_dir: Optional[str] = None,
-              eval_ks: Sequence[int] = ()) -> list[dict]:
-  """Runs unfinished points in sequence (fresh process each). Returns per-point status dicts.
+              eval_ks: Sequence[int] = (), workers: int = 1,
+              worker_gpus: Sequence[str] = ()) -> list[dict]:
+  """Runs the unfinished points, each in a fresh process, `workers` at a time (see worker_slots),
+  in the sweep's order; a point whose curriculum source is still running here waits for it while
+  the free workers take the points after it. Returns per-point status dicts, in the sweep's order.
   xla_cache_dir: see point_env (the dry run's commands then start with the variable, or with
   `env -u` of it when the cache is off). eval_ks: K_eval values each point that finishes here is
-  evaluated with at once, in a process of its own (evaluate_point), before the next point starts:
-  a sweep cut short keeps the K extrapolation of the points it finished, and this process never
-  takes an accelerator from the points' processes."""
-  write_manifest(sweep_dir, config_spec, sweep)
-  status = []
-  todo = [p for p in sweep.points if not is_finished(os.path.join(sweep_dir, slug(p)))]
+  evaluated with at once, in a process of its own on the same worker (evaluate_point), before that
+  worker takes another point: a sweep cut short keeps the K extrapolation of the points it
+  finished, and this process never takes an accelerator from the points' processes."""
   env = point_env(xla_cache_dir)
+  slots = worker_slots(workers, worker_gpus, env)
+  write_manifest(sweep_dir, config_spec, sweep)
+  todo = [p for p in sweep.points if not is_finished(os.path.join(sweep_dir, slug(p)))]
   if dry_run:
     prefix = ''
     if env is not None:
       prefix = (f'{XLA_CACHE_ENV}={shlex.quote(env[XLA_CACHE_ENV])} ' if XLA_CACHE_ENV in env
                 else f'env -u {XLA_CACHE_ENV} ')
+    status = []
+    if len(slots) > 1:  # the commands as one worker would run them; the split they would get
+      log('# ' + describe_slots(slots))
     for p in sweep.points:
       cmd = point_command(config_spec, sweep, p, sweep_dir, module)
       log(prefix + ' '.join(shlex.quote(c) for c in cmd))
       status.append({'slug': slug(p), 'status': 'dry_run'})
     return status
+  n = len(sweep.points)
+  status: list = [None] * n
+  waiting = list(range(n))   # not yet launched or decided, in the sweep's order
+  running = {}               # worker -> (point index, process, its stdout.log)
   t_sweep = time.perf_counter()
   n_done = 0
-  for i, p in enumerate(sweep.points):
-    wd = os.path.join(sweep_dir, slug(p))
-    if is_finished(wd):
-      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: finished, skipped')
-      status.append({'slug': slug(p), 'status': 'skipped'})
-      continue
-    source = sweep.init_from.get(slug(p))
-    if source and not is_finished(os.path.join(sweep_dir, source)):
-      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, its curriculum source {source} '
-          'did not finish')
-      status.append({'slug': slug(p), 'status': f'blocked (source {source} unfinished)'})
-      continue
-    if source and not has_params(os.path.join(sweep_dir, source)):
-      log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: not run, its curriculum source {source} has '
-          'no parameters (best/ or checkpoints/) here: it was restored from an archive that did '
-          'not keep them (experiments.archive keeps those of curriculum chains by default)')
-      status.append({'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'})
-      continue
-    def left_to(holder: str, head: str) -> None:
-      log(f'{head}{slug(p)}: not run, another process is training it ({holder}); rerun the '
-          'sweep after it ends')
-      status.append({'slug': slug(p), 'status': f'busy ({holder})'})
+  if len(slots) > 1:
+    log(describe_slots(slots))
 
-    busy = workdir_lock.holder(wd)
-    if busy:
-      left_to(busy, f'[{i + 1}/{len(sweep.points)}] ')
-      continue
-    cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
-    elapsed = time.perf_counter() - t_sweep
-    eta = ''
-    if n_done:
-      eta = f', ETA {(len(todo) - n_done) * elapsed / n_done / 60:.1f} min'
-    log(f'[{i + 1}/{len(sweep.points)}] {slug(p)}: running ({n_done}/{len(todo)} done{eta})')
-    os.makedirs(wd, exist_ok=True)
-    with open(os.path.join(wd, 'stdout.log'), 'a') as out:
-      rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+  def head(i: int) -> str:
+    return f'[{i + 1}/{n}] {slug(sweep.points[i])}'
+
+  def left_to(i: int, holder: str, prefix: str) -> None:
+    log(f'{prefix}{slug(sweep.points[i])}: not run, another process is training it ({holder}); '
+        'rerun the sweep after it ends')
+    status[i] = {'slug': slug(sweep.points[i]), 'status': f'busy ({holder})'}
+
+  def pending_here(name: str) -> bool:  # a point this sweep may still run
+    return (any(slug(sweep.points[j]) == name for j in waiting)
+            or any(slug(sweep.points[j]) == name for j, _, _ in running.values()))
+
+  def launch_ready() -> None:
+    for i in list(waiting):
+      p = sweep.points[i]
+      wd = os.path.join(sweep_dir, slug(p))
+      if is_finished(wd):
+        log(f'{head(i)}: finished, skipped')
+        status[i] = {'slug': slug(p), 'status': 'skipped'}
+        waiting.remove(i)
+        continue
+      source = sweep.init_from.get(slug(p))
+      if source and not is_finished(os.path.join(sweep_dir, source)):
+        if pending_here(source):
+          continue  # it may finish here: wait, and let a free worker take the next points
+        log(f'{head(i)}: not run, its curriculum source {source} did not finish')
+        status[i] = {'slug': slug(p), 'status': f'blocked (source {source} unfinished)'}
+        waiting.remove(i)
+        continue
+      if source and not has_params(os.path.join(sweep_dir, source)):
+        log(f'{head(i)}: not run, its curriculum source {source} has no parameters (best/ or '
+            'checkpoints/) here: it was restored from an archive that did not keep them '
+            '(experiments.archive keeps those of curriculum chains by default)')
+        status[i] = {'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'}
+        waiting.remove(i)
+        continue
+      busy = workdir_lock.holder(wd)
+      if busy:
+        left_to(i, busy, f'[{i + 1}/{n}] ')
+        waiting.remove(i)
+        continue
+      free = [w for w in range(len(slots)) if w not in running]
+      if not free:
+        return  # the sweep's order: later points wait for a worker
+      w = free[0]
+      cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
+      elapsed = time.perf_counter() - t_sweep
+      eta = ''
+      if n_done:
+        eta = f', ETA {(len(todo) - n_done) * elapsed / n_done / 60:.1f} min'
+      on = f' on worker {w}' if len(slots) > 1 else ''
+      log(f'{head(i)}: running{on} ({n_done}/{len(todo)} done{eta})')
+      os.makedirs(wd, exist_ok=True)
+      out = open(os.path.join(wd, 'stdout.log'), 'a')
+      try:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                env=slots[w][0], preexec_fn=_pinned(slots[w][1]))
+      except BaseException:
+        out.close()
+        raise
+      running[w] = (i, proc, out)
+      waiting.remove(i)
+
+  def finish(w: int) -> None:
+    nonlocal n_done
+    i, proc, out = running[w]
+    out.close()
+    p = sweep.points[i]
+    wd = os.path.join(sweep_dir, slug(p))
+    rc = proc.returncode
     if rc == workdir_lock.BUSY_EXIT:  # another process took the workdir after holder() looked
-      left_to(workdir_lock.holder(wd) or 'it has finished since', '  ')
-      continue
+      left_to(i, workdir_lock.holder(wd) or 'it has finished since', '  ')
+      del running[w]
+      return
     n_done += 1
     ok = rc == 0 and is_finished(wd)
-    status.append({'slug': slug(p), 'status': 'ok' if ok else f'failed (exit {rc})'})
+    status[i] = {'slug': slug(p), 'status': 'ok' if ok else f'failed (exit {rc})'}
     if not ok:
       log(f'  {slug(p)} failed with exit code {rc}; see {wd}/stdout.log')
     else:
-      r = json.load(open(os.path.join(wd, 'results.json')))
+      with open(os.path.join(wd, 'results.json')) as f:
+        r = json.load(f)
       em = r.get('best', {}).get('em')
       log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
           if em is not None else f'  {slug(p)}: done')
-      if eval_ks:
-        _evaluate_in_own_process(wd, eval_ks, env, cwd, log)
+      if eval_ks:  # on this worker's devices and CPUs, before it takes another point
+        _evaluate_in_own_process(wd, eval_ks, slots[w][0], cwd, log, cpus=slots[w][1])
+    del running[w]
+
+  try:
+    while True:
+      launch_ready()
+      if not running:
+        break
+      done = []
+      while not done:
+        done = [w for w, (_, proc, _) in running.items() if proc.poll() is not None]
+        if not done:
+          time.sleep(0.2)
+      for w in sorted(done):
+        finish(w)
+  finally:  # an interrupted sweep stops its points (they resume from their checkpoints)
+    for _, proc, out in running.values():
+      if proc.poll() is None:
+        proc.terminate()
+        try:
+          proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+          proc.kill()
+      out.close()
+  for i in waiting:  # only a cycle of curriculum sources leaves points here
+    status[i] = {'slug': slug(sweep.points[i]), 'status': 'blocked (curriculum cycle)'}
   return status
 
 
@@ -311,13 +447,14 @@ _EVAL_CODE = ('import sys; from gradmem_jax import sweeps; '
 
 
 def _evaluate_in_own_process(wd: str, ks: Sequence[int], env: Optional[dict],
-                             cwd: Optional[str], log) -> None:
+                             cwd: Optional[str], log, cpus: Optional[set] = None) -> None:
   """evaluate_point of a point that has just finished, in a fresh process (output appended to the
   point's stdout.log). A failure is logged, not raised: a later evaluate_points (experiments.sweep
   calls it at its end) tries again."""
   cmd = [sys.executable, '-c', _EVAL_CODE, os.path.abspath(wd), ','.join(str(int(k)) for k in ks)]
   with open(os.path.join(wd, 'stdout.log'), 'a') as out:
-    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                         preexec_fn=_pinned(cpus))
   name = os.path.basename(os.path.normpath(wd))
   if rc != 0:
     log(f'  {name}: K_eval evaluation failed (exit {rc}; see {wd}/stdout.log); left for a later '

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -218,6 +219,122 @@ def test_a_point_taken_between_look_and_launch_is_busy_not_failed(tmp_path, monk
   assert status == [{'slug': 'n_pairs=2', 'status': 'busy (it has finished since)'}]
 
 
+# A stand-in for the training module: it records what its process was given (CPUs, GPUs, the
+# accelerator memory share) and finishes its point; the points named in MEET wait until all of
+# them have started (so a sweep that runs them one at a time fails them), a point named in FAIL
+# fails, and one with a curriculum source checks that the source had finished before it started.
+_POINT_STANDIN = """
+import json, os, sys, time
+wd = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
+sd, name = os.path.dirname(wd), os.path.basename(wd)
+src = [a for a in sys.argv if 'init_from=' in a]
+if src and not os.path.exists(os.path.join(src[0].split('init_from=', 1)[1], 'results.json')):
+  sys.exit(2)
+open(os.path.join(sd, 'started_' + name), 'w').close()
+json.dump({'cpus': sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+           'gpus': os.environ.get('CUDA_VISIBLE_DEVICES'),
+           'mem_fraction': os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION')},
+          open(os.path.join(wd, 'seen.json'), 'w'))
+if name in MEET:
+  t = time.time()
+  while not all(os.path.exists(os.path.join(sd, 'started_' + m)) for m in MEET):
+    if time.time() - t > MEET_TIMEOUT:
+      sys.exit(3)
+    time.sleep(0.05)
+time.sleep(SLEEP)
+if name in FAIL:
+  sys.exit(1)
+os.makedirs(os.path.join(wd, 'best', '1'))  # its 'parameters'
+json.dump({'best': {'em': 0.5}, 'wall_time_s': 1.0}, open(os.path.join(wd, 'results.json'), 'w'))
+"""
+
+
+def _standin(tmp_path, monkeypatch, meet=(), fail=(), sleep=0.0, meet_timeout=60):
+  (tmp_path / 'standin.py').write_text(
+      f'MEET = {list(meet)!r}\nFAIL = {list(fail)!r}\nSLEEP = {sleep!r}\n'
+      f'MEET_TIMEOUT = {meet_timeout!r}\n' + _POINT_STANDIN)
+  monkeypatch.setenv('PYTHONPATH', str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+
+
+_CHAIN_AND_ONE = sweeps.Sweep('three', [{'n_pairs': 2}, {'n_pairs': 4}, {'n_pairs': 8}],
+                              init_from={'n_pairs=4': 'n_pairs=2'})
+
+
+def test_workers_run_points_at_once_and_a_curriculum_point_waits_for_its_source(tmp_path,
+                                                                                monkeypatch):
+  # N=4 starts from N=2's parameters; N=8 is independent. Two workers: N=2 and N=8 run at once
+  # (each waits for the other to start), N=4 only after N=2 has finished.
+  _standin(tmp_path, monkeypatch, meet=['n_pairs=2', 'n_pairs=8'])
+  sd, logs = tmp_path / 'sd', []
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _CHAIN_AND_ONE, str(sd), module='standin',
+                            log=logs.append, cwd=ROOT, workers=2, worker_gpus=['0', '1+2'])
+  assert [s['status'] for s in status] == ['ok', 'ok', 'ok'], (status, logs)
+  assert [s['slug'] for s in status] == ['n_pairs=2', 'n_pairs=4', 'n_pairs=8']
+  assert '[1/3] n_pairs=2: running on worker 0 (0/3 done)' in logs
+  assert '[3/3] n_pairs=8: running on worker 1 (0/3 done)' in logs
+  seen = {n: json.loads((sd / f'n_pairs={n}' / 'seen.json').read_text()) for n in (2, 4, 8)}
+  assert [seen[n]['gpus'] for n in (2, 4, 8)] == ['0', '0', '1,2']  # N=4 on N=2's free worker
+  assert all(seen[n]['mem_fraction'] is None for n in (2, 4, 8))  # a card each: no sharing
+  mine = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None
+  if mine and len(mine) >= 2:  # the CPUs split between the two workers
+    assert not set(seen[2]['cpus']) & set(seen[8]['cpus'])
+    assert sorted(seen[2]['cpus'] + seen[8]['cpus']) == mine
+  # One worker runs them one at a time: N=2 waits for N=8 in vain.
+  _standin(tmp_path, monkeypatch, meet=['n_pairs=2', 'n_pairs=8'], meet_timeout=3)
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _CHAIN_AND_ONE, str(tmp_path / 'sd1'),
+                            module='standin', log=lambda _: None, cwd=ROOT)
+  assert status[0]['status'] == 'failed (exit 3)'
+
+
+def test_a_failed_source_blocks_the_point_waiting_for_it_and_the_others_go_on(tmp_path,
+                                                                              monkeypatch):
+  _standin(tmp_path, monkeypatch, fail=['n_pairs=2'], sleep=1.0)
+  sd, logs = tmp_path / 'sd', []
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _CHAIN_AND_ONE, str(sd), module='standin',
+                            log=logs.append, cwd=ROOT, workers=2)
+  assert [s['status'] for s in status] == [
+      'failed (exit 1)', 'blocked (source n_pairs=2 unfinished)', 'ok'], (status, logs)
+  assert not (sd / 'started_n_pairs=4').exists()
+  # the workers share the devices: each its share of an accelerator's memory
+  assert json.loads((sd / 'n_pairs=8' / 'seen.json').read_text())['mem_fraction'] == '0.45'
+
+
+def test_an_interrupted_sweep_stops_the_points_it_started(tmp_path, monkeypatch):
+  _standin(tmp_path, monkeypatch, sleep=4.0)
+  sd = tmp_path / 'sd'
+
+  def log(line):
+    if line.startswith('[3/3]'):  # N=2 is running on the other worker
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    sweeps.run_sweep('configs/kv_retrieval.py', _CHAIN_AND_ONE, str(sd), module='standin',
+                     log=log, cwd=ROOT, workers=2)
+  time.sleep(6)
+  assert not (sd / 'n_pairs=2' / 'results.json').exists()  # it was stopped, not left running
+
+
+def test_worker_slots_split_devices_and_refuse_bad_values():
+  one = sweeps.worker_slots(1, env={'A': '1'})
+  assert one == [({'A': '1'}, None)]  # the sequential sweep: unchanged
+  shared = sweeps.worker_slots(2, env={})
+  assert [e['XLA_PYTHON_CLIENT_MEM_FRACTION'] for e, _ in shared] == ['0.45', '0.45']
+  assert 'CUDA_VISIBLE_DEVICES' not in shared[0][0]
+  kept = sweeps.worker_slots(2, env={'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3'})
+  assert [e['XLA_PYTHON_CLIENT_MEM_FRACTION'] for e, _ in kept] == ['0.3', '0.3']
+  mixed = sweeps.worker_slots(3, ['0', '0', '1+2'], env={})
+  assert [e['CUDA_VISIBLE_DEVICES'] for e, _ in mixed] == ['0', '0', '1,2']
+  assert [e.get('XLA_PYTHON_CLIENT_MEM_FRACTION') for e, _ in mixed] == ['0.45', '0.45', None]
+  with pytest.raises(ValueError, match=r'workers=0: allowed are whole numbers >= 1'):
+    sweeps.worker_slots(0)
+  with pytest.raises(ValueError, match=r'one entry per worker .*3 workers, 2 entries'):
+    sweeps.worker_slots(3, ['0', '1'])
+  with pytest.raises(ValueError, match=r"worker_gpus entry 'gpu0': allowed are GPU indices"):
+    sweeps.worker_slots(1, ['gpu0'])
+
+
 def test_dry_run_prints_one_command_per_point(tmp_path, monkeypatch):
   monkeypatch.delenv(sweeps.XLA_CACHE_ENV, raising=False)  # the sweep's default cache, then
   out = _run(['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
@@ -396,7 +513,21 @@ def test_bad_sweep_point_fails_before_running(tmp_path):
                           f'--sweep_dir={tmp_path / "s"}', f'--K_eval={bad}'], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and f'--K_eval={bad}: allowed are whole numbers >= 0' in out.stderr
+  for bad, says in (('--workers=0', '--workers=0: allowed are whole numbers >= 1'),
+                    ('--worker_gpus=0,cuda1', "--worker_gpus entry 'cuda1': allowed are GPU"),
+                    ('--worker_gpus=0,1 --workers=3', 'one entry per worker is needed')):
+    out = subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--sweep={good}',
+                          f'--sweep_dir={tmp_path / "s"}'] + bad.split(), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and says in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / 's').exists()
+  # --worker_gpus alone: a worker per entry (the dry run shows the split)
+  out = subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--sweep={good}',
+                        f'--sweep_dir={tmp_path / "d"}', '--dry_run', '--worker_gpus=0,1+2'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert '# 2 workers: worker 0: CUDA_VISIBLE_DEVICES=0 ' in out.stdout
+  assert 'worker 1: CUDA_VISIBLE_DEVICES=1,2 ' in out.stdout
 
 
 def _fake_run(d, slug, overrides, em, token_acc, **fields):
