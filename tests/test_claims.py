@@ -286,6 +286,15 @@ def test_claims_sweep_curriculum_in_n():
       ('gradmem', 2), ('gradmem', 4), ('rmt', 2), ('rmt', 4)]
   assert 'model.num_layers=4' in depth.base
   sweeps.validate_points('configs/kv_retrieval.py', depth)
+  # Claim 3's baseline over inner lr (first order took second order's in `cpu`), K=1 first.
+  tfo = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune_first_order'))
+  assert [(p['K'], p['inner_lr']) for p in tfo.points] == [
+      (k, x) for k in (1, 2) for x in (0.04, 0.1, 0.3, 1.0, 3.0)]
+  for p in tfo.points:
+    assert (p['method'], p['grad_mode'], p['n_pairs'], p['seed']) == ('gradmem', 'first', 2, 0)
+    assert p['lr'] == claims_cfg.TUNED['gradmem']['lr']
+  assert tfo.base == full.base and not tfo.init_from and tfo.name != full.name
+  sweeps.validate_points('configs/kv_retrieval.py', tfo)
   # RMT runs with the projection its forward writer needs on the CPU model; the paper variant
   # keeps the paper's recipe (nothing CPU-tuned on top of paper_n16).
   assert all(p['memory.mem_proj'] == 'proj' for p in s.points if p['method'] == 'rmt')

@@ -34,6 +34,10 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              step). Its own sweep dir; `experiments.claims
              --sweep_dir=runs/claims_cpu,runs/claims_equal_budget --out=DIR` puts these runs in
              place of `cpu`'s GradMem K=1 points (same label, N and seed).
+  tune_first_order  claim 3's baseline tuned too: first-order GradMem K=1 and K=2 at N=2 over inner
+             lr {0.04 (the paper's), 0.1, 0.3 (TUNED, second order's), 1, 3}, outer lr 1e-3,
+             4,000 steps, seed 0 (K=1's five points first: minutes each). The `cpu` runs give
+             first order second order's inner lr; is first order just mis-tuned there?
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
@@ -124,6 +128,18 @@ def _tune() -> Sweep:
                            'runs', figures=('em_by_method',), init_from=init_from)
 
 
+TUNE_FIRST_ORDER_INNER_LRS = (0.04, 0.1, 0.3, 1.0, 3.0)
+
+
+def _tune_first_order(base: str) -> Sweep:
+  points = [dict(n_pairs=2, method='gradmem', K=k, grad_mode='first', inner_lr=x,
+                 lr=TUNED['gradmem']['lr'], seed=0)
+            for k in (1, 2) for x in TUNE_FIRST_ORDER_INNER_LRS]
+  return Sweep('claims_tune_first_order', points, base=base,
+               description='first-order GradMem over inner lr at N=2 (claim 3\'s baseline)',
+               figures=('em_by_method',))
+
+
 def get_sweep(arg=None):
   variant = arg or 'cpu'
   if variant == 'tune':
@@ -155,6 +171,8 @@ def get_sweep(arg=None):
     return _claims('claims_equal_budget', [2, 4], [1, 2, 0], cpu_base,
                    'GradMem K=1 at RMT\'s 12,000-step budget, seeds 0-2, N in {2, 4}',
                    methods=[dict(METHODS[0], max_steps=TUNED['rmt']['max_steps'])])
+  if variant == 'tune_first_order':
+    return _tune_first_order(cpu_base)
   if variant == 'depth':
     return _claims('claims_depth', [2, 4], [0],
                    'model.num_layers=4,max_steps=8000,train.eval_every=500,train.target_em=0.99',
@@ -163,4 +181,4 @@ def get_sweep(arg=None):
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
   raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
-                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, depth, paper')
+                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, tune_first_order, depth, paper')
