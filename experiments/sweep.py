@@ -40,12 +40,11 @@ _EVAL_K = flags.DEFINE_list('K_eval', [], 'Also evaluate every finished point wh
 _WORKERS = flags.DEFINE_integer(
     'workers', 1, 'Points run at once, each in its own process, in the sweep\'s order (a '
     'curriculum point waits for its source while free workers take the next points). The CPUs '
-    'are split between them; on one accelerator they share it (each gets '
-    'XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / workers unless set). Default: --worker_gpus\' '
-    'length, else 1.')
+    'are split between them; workers sharing a GPU get XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / '
+    '(workers on it) unless set; a TPU takes one worker. Default: --worker_gpus\' length, else 1.')
 _WORKER_GPUS = flags.DEFINE_list(
-    'worker_gpus', [], 'One CUDA_VISIBLE_DEVICES value per worker, "+" joining several GPUs: '
-    '--worker_gpus=0,1,2,3 (a GPU each) or 0+1,2+3 (two each).')
+    'worker_gpus', [], 'One entry per worker: indices of the GPUs this process sees, "+" joining '
+    'several: --worker_gpus=0,1,2,3 (a GPU each) or 0+1,2+3 (two each).')
 
 
 def main(argv):

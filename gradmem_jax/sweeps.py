@@ -18,9 +18,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any, Iterable, Optional, Sequence
@@ -231,16 +233,19 @@ def worker_slots(workers: int, worker_gpus: Sequence[str] = (),
   """The environment and CPU set of each of `workers` parallel point processes.
   One worker: `env` as it is and no pinning (the sequential sweep). Several: the CPUs this process
   may use are split into disjoint contiguous sets, one per worker (XLA sizes its CPU thread pools
-  from the affinity, so the points do not fight over cores), unless there are fewer CPUs than
-  workers; worker_gpus (one CUDA_VISIBLE_DEVICES value per worker, '+' joining several GPUs)
-  gives each its accelerators. Workers sharing an accelerator (all of them without worker_gpus)
-  get XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / (workers sharing it) unless the environment sets it,
-  since each JAX process would otherwise preallocate 75% of the card."""
+  from the affinity, so the points do not fight over cores); with fewer CPUs than workers nothing
+  is pinned. worker_gpus (one entry per worker, '+' joining several GPUs) gives each worker its
+  GPUs, as indices among the GPUs this process sees (its CUDA_VISIBLE_DEVICES, when set, maps
+  them). Workers sharing a GPU (all of them without worker_gpus) get XLA_PYTHON_CLIENT_MEM_FRACTION
+  = 0.9 / (the most workers on one of its GPUs) unless the environment sets it, since each JAX
+  process would otherwise preallocate 75% of the card. (A TPU cannot be shared by processes: run
+  one worker per host there.)"""
   if workers < 1:
     raise ValueError(f'workers={workers}: allowed are whole numbers >= 1')
   if worker_gpus and len(worker_gpus) != workers:
     raise ValueError(f'worker_gpus={",".join(worker_gpus)}: one entry per worker is needed '
-                     f'({workers} workers, {len(worker_gpus)} entries)')
+                     f'(workers={workers}, {len(worker_gpus)} entries; leave workers out for one '
+                     'worker per entry)')
   for g in worker_gpus:
     if not re.fullmatch(r'\d+(\+\d+)*', g):
       raise ValueError(f'worker_gpus entry {g!r}: allowed are GPU indices, "+" joining several '
@@ -257,13 +262,21 @@ def worker_slots(workers: int, worker_gpus: Sequence[str] = (),
       n = per + (w < extra)
       cpu_sets[w] = set(cpus[start:start + n])
       start += n
-  gpus = [g.replace('+', ',') for g in worker_gpus] or [None] * workers
+  indices = [[int(x) for x in g.split('+')] for g in worker_gpus]
+  seen = [d for d in base.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
+  for g, idx in zip(worker_gpus, indices):
+    if seen and max(idx) >= len(seen):
+      raise ValueError(f'worker_gpus entry {g!r}: this process sees {len(seen)} GPUs '
+                       f'(CUDA_VISIBLE_DEVICES={base["CUDA_VISIBLE_DEVICES"]}); allowed are '
+                       f'indices 0-{len(seen) - 1} among them')
   slots = []
   for w in range(workers):
     e = dict(base)
-    if gpus[w] is not None:
-      e['CUDA_VISIBLE_DEVICES'] = gpus[w]
-    sharing = sum(g == gpus[w] for g in gpus) if worker_gpus else workers
+    if worker_gpus:
+      e['CUDA_VISIBLE_DEVICES'] = ','.join(seen[d] if seen else str(d) for d in indices[w])
+      sharing = max(sum(d in other for other in indices) for d in indices[w])
+    else:
+      sharing = workers
     if sharing > 1 and 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in base:
       e['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / sharing:.2f}'
     slots.append((e, cpu_sets[w]))
@@ -281,11 +294,17 @@ def describe_slots(slots) -> str:
   return f'{len(slots)} workers: ' + '; '.join(parts)
 
 
-def _pinned(cpus: Optional[set]):
-  """preexec_fn that pins the child process to `cpus` (None: nothing)."""
+# Pins itself to the CPUs in argv[1], then becomes the command that follows (a wrapper rather than
+# a preexec_fn, which is unsafe in a process with threads and hides its errors).
+_PIN_CODE = ('import os, sys; os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")}); '
+             'os.execv(sys.argv[2], sys.argv[2:])')
+
+
+def _pinned(cmd: list, cpus: Optional[set]) -> list:
+  """cmd (whose first element is an absolute path), run on `cpus` only (None: as it is)."""
   if not cpus:
-    return None
-  return lambda: os.sched_setaffinity(0, cpus)
+    return cmd
+  return [sys.executable, '-c', _PIN_CODE, ','.join(map(str, sorted(cpus)))] + list(cmd)
 
 
 def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool = False,
@@ -294,13 +313,16 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
               eval_ks: Sequence[int] = (), workers: int = 1,
               worker_gpus: Sequence[str] = ()) -> list[dict]:
   """Runs the unfinished points, each in a fresh process, `workers` at a time (see worker_slots),
-  in the sweep's order; a point whose curriculum source is still running here waits for it while
-  the free workers take the points after it. Returns per-point status dicts, in the sweep's order.
-  xla_cache_dir: see point_env (the dry run's commands then start with the variable, or with
-  `env -u` of it when the cache is off). eval_ks: K_eval values each point that finishes here is
-  evaluated with at once, in a process of its own on the same worker (evaluate_point), before that
-  worker takes another point: a sweep cut short keeps the K extrapolation of the points it
-  finished, and this process never takes an accelerator from the points' processes."""
+  in the sweep's order: a point is looked at when a worker is free to take it. A point whose
+  curriculum source is still to run here (or is training in another process while this sweep has
+  points running) waits for it, while the free workers take the points after it. Returns
+  per-point status dicts, in the sweep's order. xla_cache_dir: see point_env (the dry run's
+  commands then start with the variable, or with `env -u` of it when the cache is off). eval_ks:
+  K_eval values each point that finishes here is evaluated with at once, in a process of its own
+  on the same worker (evaluate_point), before that worker takes another point (the others go on):
+  a sweep cut short keeps the K extrapolation of the points it finished, and this process never
+  takes an accelerator from the points' processes. Interrupted (Ctrl-C, SIGTERM, SIGHUP), the
+  sweep stops the processes it started (their points resume from their checkpoints)."""
   env = point_env(xla_cache_dir)
   slots = worker_slots(workers, worker_gpus, env)
   write_manifest(sweep_dir, config_spec, sweep)
@@ -321,7 +343,7 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
   n = len(sweep.points)
   status: list = [None] * n
   waiting = list(range(n))   # not yet launched or decided, in the sweep's order
-  running = {}               # worker -> (point index, process, its stdout.log)
+  running = {}               # worker -> [point index, process, its log file, 'train' | 'eval']
   t_sweep = time.perf_counter()
   n_done = 0
   if len(slots) > 1:
@@ -335,12 +357,30 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         'rerun the sweep after it ends')
     status[i] = {'slug': slug(sweep.points[i]), 'status': f'busy ({holder})'}
 
-  def pending_here(name: str) -> bool:  # a point this sweep may still run
-    return (any(slug(sweep.points[j]) == name for j in waiting)
-            or any(slug(sweep.points[j]) == name for j, _, _ in running.values()))
+  def may_finish(source: str) -> bool:  # the source may still finish while this sweep runs
+    if any(slug(sweep.points[j]) == source for j in waiting):
+      return True
+    if any(slug(sweep.points[job[0]]) == source for job in running.values()):
+      return True
+    return bool(running) and bool(workdir_lock.holder(os.path.join(sweep_dir, source)))
+
+  def start(w: int, i: int, cmd: list, phase: str) -> None:
+    wd = os.path.join(sweep_dir, slug(sweep.points[i]))
+    os.makedirs(wd, exist_ok=True)
+    out = open(os.path.join(wd, 'stdout.log'), 'a')
+    try:
+      proc = subprocess.Popen(_pinned(cmd, slots[w][1]), stdout=out, stderr=subprocess.STDOUT,
+                              cwd=cwd, env=slots[w][0])
+    except BaseException:
+      out.close()
+      raise
+    running[w] = [i, proc, out, phase]
 
   def launch_ready() -> None:
     for i in list(waiting):
+      free = [w for w in range(len(slots)) if w not in running]
+      if not free:
+        return  # a point is looked at only when a worker could take it
       p = sweep.points[i]
       wd = os.path.join(sweep_dir, slug(p))
       if is_finished(wd):
@@ -350,8 +390,8 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         continue
       source = sweep.init_from.get(slug(p))
       if source and not is_finished(os.path.join(sweep_dir, source)):
-        if pending_here(source):
-          continue  # it may finish here: wait, and let a free worker take the next points
+        if may_finish(source):
+          continue  # wait for it, and let a free worker take the next points
         log(f'{head(i)}: not run, its curriculum source {source} did not finish')
         status[i] = {'slug': slug(p), 'status': f'blocked (source {source} unfinished)'}
         waiting.remove(i)
@@ -368,54 +408,52 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         left_to(i, busy, f'[{i + 1}/{n}] ')
         waiting.remove(i)
         continue
-      free = [w for w in range(len(slots)) if w not in running]
-      if not free:
-        return  # the sweep's order: later points wait for a worker
       w = free[0]
-      cmd = point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable)
       elapsed = time.perf_counter() - t_sweep
       eta = ''
       if n_done:
         eta = f', ETA {(len(todo) - n_done) * elapsed / n_done / 60:.1f} min'
       on = f' on worker {w}' if len(slots) > 1 else ''
       log(f'{head(i)}: running{on} ({n_done}/{len(todo)} done{eta})')
-      os.makedirs(wd, exist_ok=True)
-      out = open(os.path.join(wd, 'stdout.log'), 'a')
-      try:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                env=slots[w][0], preexec_fn=_pinned(slots[w][1]))
-      except BaseException:
-        out.close()
-        raise
-      running[w] = (i, proc, out)
+      start(w, i, point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable),
+            'train')
       waiting.remove(i)
 
   def finish(w: int) -> None:
     nonlocal n_done
-    i, proc, out = running[w]
+    i, proc, out, phase = running.pop(w)
     out.close()
     p = sweep.points[i]
     wd = os.path.join(sweep_dir, slug(p))
     rc = proc.returncode
+    if phase == 'eval':
+      _log_evaluation(wd, eval_ks, rc, log)
+      return
     if rc == workdir_lock.BUSY_EXIT:  # another process took the workdir after holder() looked
       left_to(i, workdir_lock.holder(wd) or 'it has finished since', '  ')
-      del running[w]
       return
     n_done += 1
     ok = rc == 0 and is_finished(wd)
     status[i] = {'slug': slug(p), 'status': 'ok' if ok else f'failed (exit {rc})'}
     if not ok:
       log(f'  {slug(p)} failed with exit code {rc}; see {wd}/stdout.log')
-    else:
-      with open(os.path.join(wd, 'results.json')) as f:
-        r = json.load(f)
-      em = r.get('best', {}).get('em')
-      log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
-          if em is not None else f'  {slug(p)}: done')
-      if eval_ks:  # on this worker's devices and CPUs, before it takes another point
-        _evaluate_in_own_process(wd, eval_ks, slots[w][0], cwd, log, cpus=slots[w][1])
-    del running[w]
+      return
+    with open(os.path.join(wd, 'results.json')) as f:
+      r = json.load(f)
+    em = r.get('best', {}).get('em')
+    log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
+        if em is not None else f'  {slug(p)}: done')
+    if eval_ks:  # on this worker's devices and CPUs, before it takes another point
+      start(w, i, _eval_command(wd, eval_ks), 'eval')
 
+  def stop(signum, frame):
+    raise SystemExit(f'sweep stopped by signal {signum}')
+
+  handlers = {}
+  if threading.current_thread() is threading.main_thread():
+    for sig in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
+      if sig is not None:
+        handlers[sig] = signal.signal(sig, stop)
   try:
     while True:
       launch_ready()
@@ -423,19 +461,25 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         break
       done = []
       while not done:
-        done = [w for w, (_, proc, _) in running.items() if proc.poll() is not None]
+        done = [w for w, job in running.items() if job[1].poll() is not None]
         if not done:
           time.sleep(0.2)
       for w in sorted(done):
         finish(w)
-  finally:  # an interrupted sweep stops its points (they resume from their checkpoints)
-    for _, proc, out in running.values():
+  finally:  # stopped: the points' processes stop too (they resume from their checkpoints)
+    for sig, old in handlers.items():
+      signal.signal(sig, old)
+    jobs = list(running.values())
+    for _, proc, _, _ in jobs:
       if proc.poll() is None:
         proc.terminate()
-        try:
-          proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-          proc.kill()
+    deadline = time.monotonic() + 60
+    for _, proc, out, _ in jobs:
+      try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
       out.close()
   for i in waiting:  # only a cycle of curriculum sources leaves points here
     status[i] = {'slug': slug(sweep.points[i]), 'status': 'blocked (curriculum cycle)'}
@@ -446,15 +490,15 @@ _EVAL_CODE = ('import sys; from gradmem_jax import sweeps; '
               'sweeps.evaluate_point(sys.argv[1], [int(k) for k in sys.argv[2].split(",")])')
 
 
-def _evaluate_in_own_process(wd: str, ks: Sequence[int], env: Optional[dict],
-                             cwd: Optional[str], log, cpus: Optional[set] = None) -> None:
-  """evaluate_point of a point that has just finished, in a fresh process (output appended to the
-  point's stdout.log). A failure is logged, not raised: a later evaluate_points (experiments.sweep
-  calls it at its end) tries again."""
-  cmd = [sys.executable, '-c', _EVAL_CODE, os.path.abspath(wd), ','.join(str(int(k)) for k in ks)]
-  with open(os.path.join(wd, 'stdout.log'), 'a') as out:
-    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                         preexec_fn=_pinned(cpus))
+def _eval_command(wd: str, ks: Sequence[int]) -> list:
+  """evaluate_point of a point that has just finished, as a command of its own (its output goes
+  to the point's stdout.log)."""
+  return [sys.executable, '-c', _EVAL_CODE, os.path.abspath(wd), ','.join(str(int(k)) for k in ks)]
+
+
+def _log_evaluation(wd: str, ks: Sequence[int], rc: int, log) -> None:
+  """A failure is logged, not raised: a later evaluate_points (experiments.sweep calls it at its
+  end) tries again."""
   name = os.path.basename(os.path.normpath(wd))
   if rc != 0:
     log(f'  {name}: K_eval evaluation failed (exit {rc}; see {wd}/stdout.log); left for a later '

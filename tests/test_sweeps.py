@@ -219,10 +219,6 @@ def test_a_point_taken_between_look_and_launch_is_busy_not_failed(tmp_path, monk
   assert status == [{'slug': 'n_pairs=2', 'status': 'busy (it has finished since)'}]
 
 
-# A stand-in for the training module: it records what its process was given (CPUs, GPUs, the
-# accelerator memory share) and finishes its point; the points named in MEET wait until all of
-# them have started (so a sweep that runs them one at a time fails them), a point named in FAIL
-# fails, and one with a curriculum source checks that the source had finished before it started.
 _POINT_STANDIN = """
 import json, os, sys, time
 wd = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
@@ -230,7 +226,7 @@ sd, name = os.path.dirname(wd), os.path.basename(wd)
 src = [a for a in sys.argv if 'init_from=' in a]
 if src and not os.path.exists(os.path.join(src[0].split('init_from=', 1)[1], 'results.json')):
   sys.exit(2)
-open(os.path.join(sd, 'started_' + name), 'w').close()
+open(os.path.join(sd, 'started_' + name), 'w').write(repr(time.time()))
 json.dump({'cpus': sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
            'gpus': os.environ.get('CUDA_VISIBLE_DEVICES'),
            'mem_fraction': os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION')},
@@ -241,25 +237,44 @@ if name in MEET:
     if time.time() - t > MEET_TIMEOUT:
       sys.exit(3)
     time.sleep(0.05)
-time.sleep(SLEEP)
+time.sleep(SLEEP.get(name, 0.0))
 if name in FAIL:
   sys.exit(1)
+for other in ALSO_FINISH.get(name, []):  # as if another process finished that point meanwhile
+  os.makedirs(os.path.join(sd, other, 'best', '1'))
+  json.dump({'best': {'em': 0.1}, 'wall_time_s': 1.0},
+            open(os.path.join(sd, other, 'results.json'), 'w'))
 os.makedirs(os.path.join(wd, 'best', '1'))  # its 'parameters'
 json.dump({'best': {'em': 0.5}, 'wall_time_s': 1.0}, open(os.path.join(wd, 'results.json'), 'w'))
 """
 
 
-def _standin(tmp_path, monkeypatch, meet=(), fail=(), sleep=0.0, meet_timeout=60):
+def _standin(tmp_path, monkeypatch, meet=(), fail=(), sleep=None, meet_timeout=60,
+             also_finish=None):
+  """A stand-in for the training module: it records what its process was given (CPUs, GPUs, the
+  accelerator memory share) and its start time, and finishes its point after sleep[name]
+  seconds; the points in `meet` wait until all of them have started (so a sweep that runs them
+  one at a time fails them), those in `fail` fail, also_finish[name] lists points it finishes as
+  another process would, and a point with a curriculum source exits 2 unless the source had
+  finished when it started."""
   (tmp_path / 'standin.py').write_text(
-      f'MEET = {list(meet)!r}\nFAIL = {list(fail)!r}\nSLEEP = {sleep!r}\n'
-      f'MEET_TIMEOUT = {meet_timeout!r}\n' + _POINT_STANDIN)
+      f'MEET = {list(meet)!r}\nFAIL = {list(fail)!r}\nSLEEP = {dict(sleep or {})!r}\n'
+      f'MEET_TIMEOUT = {meet_timeout!r}\nALSO_FINISH = {dict(also_finish or {})!r}\n'
+      + _POINT_STANDIN)
   monkeypatch.setenv('PYTHONPATH', str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
   monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
 
 
-_CHAIN_AND_ONE = sweeps.Sweep('three', [{'n_pairs': 2}, {'n_pairs': 4}, {'n_pairs': 8}],
-                              init_from={'n_pairs=4': 'n_pairs=2'})
+def _points(*ns, init_from=None):
+  return sweeps.Sweep('pts', [{'n_pairs': n} for n in ns], init_from=init_from or {})
+
+
+_CHAIN_AND_ONE = _points(2, 4, 8, init_from={'n_pairs=4': 'n_pairs=2'})
+
+
+def _seen(sd, n):
+  return json.loads((sd / f'n_pairs={n}' / 'seen.json').read_text())
 
 
 def test_workers_run_points_at_once_and_a_curriculum_point_waits_for_its_source(tmp_path,
@@ -274,7 +289,7 @@ def test_workers_run_points_at_once_and_a_curriculum_point_waits_for_its_source(
   assert [s['slug'] for s in status] == ['n_pairs=2', 'n_pairs=4', 'n_pairs=8']
   assert '[1/3] n_pairs=2: running on worker 0 (0/3 done)' in logs
   assert '[3/3] n_pairs=8: running on worker 1 (0/3 done)' in logs
-  seen = {n: json.loads((sd / f'n_pairs={n}' / 'seen.json').read_text()) for n in (2, 4, 8)}
+  seen = {n: _seen(sd, n) for n in (2, 4, 8)}
   assert [seen[n]['gpus'] for n in (2, 4, 8)] == ['0', '0', '1,2']  # N=4 on N=2's free worker
   assert all(seen[n]['mem_fraction'] is None for n in (2, 4, 8))  # a card each: no sharing
   mine = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None
@@ -288,32 +303,119 @@ def test_workers_run_points_at_once_and_a_curriculum_point_waits_for_its_source(
   assert status[0]['status'] == 'failed (exit 3)'
 
 
+def test_a_point_is_looked_at_when_a_worker_can_take_it(tmp_path, monkeypatch):
+  # N=4 starts from N=16, which this sweep does not run (--only left it out) and another process
+  # finishes while N=2 trains. With one worker, N=4 is looked at after N=2 (it then runs), not
+  # when N=2 starts (it would be blocked).
+  _standin(tmp_path, monkeypatch, sleep={'n_pairs=2': 1.0}, also_finish={'n_pairs=2': ['n_pairs=16']})
+  sd, logs = tmp_path / 'sd', []
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _points(2, 4, init_from={
+      'n_pairs=4': 'n_pairs=16'}), str(sd), module='standin', log=logs.append, cwd=ROOT)
+  assert [s['status'] for s in status] == ['ok', 'ok'], (status, logs)
+
+
+def test_a_point_waits_for_a_source_another_process_is_training(tmp_path, monkeypatch):
+  # N=4 starts from N=16, which another process is training (it holds the workdir) and finishes
+  # while this sweep's N=2 runs: N=4 waits for it instead of being blocked.
+  import threading
+  from gradmem_jax import workdir_lock
+  _standin(tmp_path, monkeypatch, sleep={'n_pairs=2': 3.0})
+  sd, held = tmp_path / 'sd', threading.Event()
+
+  def other_process():
+    with workdir_lock.hold(str(sd / 'n_pairs=16')):
+      held.set()
+      time.sleep(1.5)
+      os.makedirs(sd / 'n_pairs=16' / 'best' / '1')
+      (sd / 'n_pairs=16' / 'results.json').write_text('{"best": {"em": 0.1}, "wall_time_s": 1}')
+
+  other = threading.Thread(target=other_process)
+  other.start()
+  held.wait(30)
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _points(2, 4, init_from={
+      'n_pairs=4': 'n_pairs=16'}), str(sd), module='standin', log=lambda _: None, cwd=ROOT,
+      workers=2)
+  other.join()
+  assert [s['status'] for s in status] == ['ok', 'ok'], status
+
+
 def test_a_failed_source_blocks_the_point_waiting_for_it_and_the_others_go_on(tmp_path,
                                                                               monkeypatch):
-  _standin(tmp_path, monkeypatch, fail=['n_pairs=2'], sleep=1.0)
+  # Worker 0: N=2 fails after a second; worker 1: N=8 (3 s). N=4 (from N=2) is blocked, and N=16,
+  # which starts after the failure, runs.
+  _standin(tmp_path, monkeypatch, fail=['n_pairs=2'], sleep={'n_pairs=2': 1.0, 'n_pairs=8': 3.0})
   sd, logs = tmp_path / 'sd', []
-  status = sweeps.run_sweep('configs/kv_retrieval.py', _CHAIN_AND_ONE, str(sd), module='standin',
-                            log=logs.append, cwd=ROOT, workers=2)
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _points(2, 4, 8, 16, init_from={
+      'n_pairs=4': 'n_pairs=2'}), str(sd), module='standin', log=logs.append, cwd=ROOT, workers=2)
   assert [s['status'] for s in status] == [
-      'failed (exit 1)', 'blocked (source n_pairs=2 unfinished)', 'ok'], (status, logs)
+      'failed (exit 1)', 'blocked (source n_pairs=2 unfinished)', 'ok', 'ok'], (status, logs)
   assert not (sd / 'started_n_pairs=4').exists()
+  failed = logs.index(f'  n_pairs=2 failed with exit code 1; see {sd / "n_pairs=2"}/stdout.log')
+  assert failed < next(i for i, l in enumerate(logs) if l.startswith('[4/4] n_pairs=16: running'))
   # the workers share the devices: each its share of an accelerator's memory
-  assert json.loads((sd / 'n_pairs=8' / 'seen.json').read_text())['mem_fraction'] == '0.45'
+  assert _seen(sd, 8)['mem_fraction'] == '0.45'
+
+
+def test_a_points_evaluation_holds_its_worker_only(tmp_path, monkeypatch):
+  # N=2's K_eval evaluation takes 3 s on worker 0, with worker 0's GPU; meanwhile worker 1
+  # finishes N=4 and takes N=8.
+  _standin(tmp_path, monkeypatch)
+  monkeypatch.setattr(sweeps, '_EVAL_CODE', (
+      'import json, os, sys, time; t = time.time(); time.sleep(3 if sys.argv[1].endswith("=2") '
+      'else 0); json.dump({"start": t, "end": time.time(), "gpus": os.environ.get('
+      '"CUDA_VISIBLE_DEVICES")}, open(os.path.join(sys.argv[1], "eval.json"), "w")); '
+      'json.dump([], open(os.path.join(sys.argv[1], "k_extrapolation.json"), "w"))'))
+  sd, logs = tmp_path / 'sd', []
+  status = sweeps.run_sweep('configs/kv_retrieval.py', _points(2, 4, 8), str(sd), module='standin',
+                            log=logs.append, cwd=ROOT, workers=2, worker_gpus=['3', '4'],
+                            eval_ks=[1, 2])
+  assert [s['status'] for s in status] == ['ok', 'ok', 'ok'], (status, logs)
+  ev = json.loads((sd / 'n_pairs=2' / 'eval.json').read_text())
+  assert ev['gpus'] == '3'
+  assert float((sd / 'started_n_pairs=8').read_text()) < ev['end']  # not after it
+  assert '[3/3] n_pairs=8: running on worker 1 (2/3 done, ETA' in ' '.join(logs)
+  assert '  n_pairs=2: evaluated with K_eval=[1, 2]' in logs
 
 
 def test_an_interrupted_sweep_stops_the_points_it_started(tmp_path, monkeypatch):
-  _standin(tmp_path, monkeypatch, sleep=4.0)
+  _standin(tmp_path, monkeypatch, sleep={'n_pairs=2': 4.0, 'n_pairs=4': 4.0})
   sd = tmp_path / 'sd'
+  real_sleep, raised = time.sleep, []
 
-  def log(line):
-    if line.startswith('[3/3]'):  # N=2 is running on the other worker
+  def interrupt_once_both_run(s):  # the scheduler's wait, while both points train (once: the
+    # time module is patched, and Popen.wait sleeps too)
+    if not raised and all((sd / f'started_n_pairs={n}').exists() for n in (2, 4)):
+      raised.append(1)
       raise KeyboardInterrupt
+    real_sleep(s)
 
+  monkeypatch.setattr(sweeps.time, 'sleep', interrupt_once_both_run)
   with pytest.raises(KeyboardInterrupt):
-    sweeps.run_sweep('configs/kv_retrieval.py', _CHAIN_AND_ONE, str(sd), module='standin',
-                     log=log, cwd=ROOT, workers=2)
+    sweeps.run_sweep('configs/kv_retrieval.py', _points(2, 4), str(sd), module='standin',
+                     log=lambda _: None, cwd=ROOT, workers=2)
+  monkeypatch.undo()
   time.sleep(6)
-  assert not (sd / 'n_pairs=2' / 'results.json').exists()  # it was stopped, not left running
+  for n in (2, 4):  # both were stopped, not left running
+    assert not (sd / f'n_pairs={n}' / 'results.json').exists()
+
+
+def test_a_sweep_stopped_by_sigterm_stops_its_points(tmp_path, monkeypatch):
+  _standin(tmp_path, monkeypatch, sleep={'n_pairs=2': 5.0, 'n_pairs=4': 5.0})
+  sd = tmp_path / 'sd'
+  driver = subprocess.Popen([sys.executable, '-c', (
+      'import sys; from gradmem_jax import sweeps; '
+      'sweeps.run_sweep("configs/kv_retrieval.py", sweeps.Sweep("pts", [{"n_pairs": 2}, '
+      f'{{"n_pairs": 4}}]), {str(sd)!r}, module="standin", log=lambda _: None, workers=2)')],
+      cwd=ROOT)
+  t = time.time()
+  while not all((sd / f'started_n_pairs={n}').exists() for n in (2, 4)):
+    assert time.time() - t < 60 and driver.poll() is None
+    time.sleep(0.05)
+  driver.terminate()
+  assert driver.wait(timeout=60) != 0
+  time.sleep(7)
+  for n in (2, 4):
+    assert not (sd / f'n_pairs={n}' / 'results.json').exists()
 
 
 def test_worker_slots_split_devices_and_refuse_bad_values():
@@ -327,9 +429,17 @@ def test_worker_slots_split_devices_and_refuse_bad_values():
   mixed = sweeps.worker_slots(3, ['0', '0', '1+2'], env={})
   assert [e['CUDA_VISIBLE_DEVICES'] for e, _ in mixed] == ['0', '0', '1,2']
   assert [e.get('XLA_PYTHON_CLIENT_MEM_FRACTION') for e, _ in mixed] == ['0.45', '0.45', None]
+  overlap = sweeps.worker_slots(3, ['0', '0+1', '1'], env={})  # GPU 0 and GPU 1 two workers each
+  assert [e.get('XLA_PYTHON_CLIENT_MEM_FRACTION') for e, _ in overlap] == ['0.45'] * 3
+  # indices among the GPUs this process sees
+  mapped = sweeps.worker_slots(2, ['1', '0'], env={'CUDA_VISIBLE_DEVICES': '4,5'})
+  assert [e['CUDA_VISIBLE_DEVICES'] for e, _ in mapped] == ['5', '4']
+  with pytest.raises(ValueError, match=r"entry '2': this process sees 2 GPUs "
+                                       r'\(CUDA_VISIBLE_DEVICES=4,5\); allowed are indices 0-1'):
+    sweeps.worker_slots(2, ['0', '2'], env={'CUDA_VISIBLE_DEVICES': '4,5'})
   with pytest.raises(ValueError, match=r'workers=0: allowed are whole numbers >= 1'):
     sweeps.worker_slots(0)
-  with pytest.raises(ValueError, match=r'one entry per worker .*3 workers, 2 entries'):
+  with pytest.raises(ValueError, match=r'one entry per worker .*workers=3, 2 entries'):
     sweeps.worker_slots(3, ['0', '1'])
   with pytest.raises(ValueError, match=r"worker_gpus entry 'gpu0': allowed are GPU indices"):
     sweeps.worker_slots(1, ['gpu0'])
