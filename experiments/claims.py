@@ -5,7 +5,8 @@ when a run counts as cut short).
 
   python -m experiments.sweep --sweep=configs/sweeps/claims.py:cpu --sweep_dir=runs/claims_cpu \
       --K_eval=1,2,5,8
-  python -m experiments.claims --sweep_dir=runs/claims_cpu [--out=benchmarks/results/claims_cpu]
+  python -m experiments.claims --sweep_dir=runs/claims_cpu [--out=benchmarks/results/claims_cpu] \
+      [--expect=configs/sweeps/claims.py:cpu]   # + the points still without a run
   python -m experiments.claims --sweep_dir=runs/claims_tune --tuning   # the grid and TUNED
   python -m experiments.claims --sweep_dir=runs/claims_cpu,runs/claims_equal_budget \
       --out=benchmarks/results/claims_equal_budget   # overlay: the later dir's runs replace
@@ -33,6 +34,9 @@ _SWEEP_DIR = flags.DEFINE_list(
     'and seed.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: the sweep directory).')
 _TITLE = flags.DEFINE_string('title', 'KV claims', 'Report title.')
+_EXPECT = flags.DEFINE_string(
+    'expect', None, 'A claims sweep (file:variant, e.g. configs/sweeps/claims.py:cpu): the report '
+    'adds a "Still to run" section, the cells and seeds of its points that have no run here.')
 _TUNING = flags.DEFINE_bool('tuning', False, 'The sweep is the fairness grid (claims.py:tune): '
                             'write tuning.md (the grid, best first) and print the TUNED settings.')
 
@@ -73,8 +77,16 @@ def main(argv):
       f.write(md)
     print(md)
     return
+  expect = None
+  if _EXPECT.value:
+    from gradmem_jax import sweeps  # imports no JAX, as the rest of the report
+    try:
+      expect = (_EXPECT.value, sweeps.load_sweep(_EXPECT.value).points)
+    except (ValueError, OSError, ImportError, AttributeError) as e:
+      raise app.UsageError(f'--expect={_EXPECT.value}: {e}')
   try:
-    out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value)
+    out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value,
+                                    expect=expect)
   except claims.DuplicateRunError as e:
     raise app.UsageError(str(e))
   print(out['markdown'])

@@ -638,11 +638,48 @@ def load_runs(source: str) -> list[dict]:
   raise ValueError(f'{source!r} is neither a sweep directory nor a runs ledger (.csv file)')
 
 
-def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims') -> dict:
+def point_label(point: dict) -> Optional[str]:
+  """label() of a claims sweep point (its overrides): the label its run will carry."""
+  return label({'method': point.get('method'), 'K': point.get('K'),
+                'grad_mode': point.get('grad_mode', 'second'),
+                'rmt_update': point.get('memory.rmt_update')})
+
+
+def still_to_run(runs: Sequence[dict], points: Sequence[dict]) -> 'OrderedDict[tuple, list]':
+  """(label, N) -> the seeds of `points` (a claims sweep's) that no run in `runs` has, in the
+  report's cell order; cells with none missing are left out."""
+  have = {(label(r), int(r.get('n_pairs', 0)), int(r.get('seed', 0))) for r in runs}
+  missing = OrderedDict()
+  for p in points:
+    lab = point_label(p)
+    if lab is None:
+      continue
+    key = (lab, int(p['n_pairs']))
+    if (lab, key[1], int(p.get('seed', 0))) not in have:
+      missing.setdefault(key, []).append(int(p.get('seed', 0)))
+  return OrderedDict(sorted(missing.items(), key=lambda kv: (label_order(kv[0][0]), kv[0][1])))
+
+
+def still_to_run_lines(runs: Sequence[dict], points: Sequence[dict], spec: str) -> list[str]:
+  missing = still_to_run(runs, points)
+  n_points = sum(point_label(p) is not None for p in points)
+  if not missing:
+    return [f'Every point of `{spec}` has a run here.']
+  total = sum(len(v) for v in missing.values())
+  lines = [f'{total} of the {n_points} points of `{spec}` have no run here (a sweep of it runs '
+           'every point its sweep dir has not finished):', '']
+  for (lab, n), seeds in missing.items():
+    lines.append(f'- {lab}, N={n}: seed{"s" if len(seeds) > 1 else ""} '
+                 f'{", ".join(map(str, sorted(seeds)))}')
+  return lines
+
+
+def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims',
+                       expect: Optional[tuple] = None) -> dict:
   """claims.md, claims.csv, runs.csv (a row per run), em_vs_n.png and, where there are K_eval
   results, first-order runs or learning curves, em_vs_k_eval.png, second_vs_first_order.png and
-  curves.png in out_dir;
-  returns {'markdown', 'files', 'cells'}."""
+  curves.png in out_dir; expect = (sweep spec, its points): a section listing the points without
+  a run; returns {'markdown', 'files', 'cells'}."""
   os.makedirs(out_dir, exist_ok=True)
   cs = cells(runs)
   parts = [f'# {title}', '', f'{sum(c["seeds"] for c in cs.values())} runs, {len(cs)} cells. '
@@ -662,6 +699,8 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   kx = k_extrapolation_table(cs)
   if kx:
     parts += ['', '## Test-time K extrapolation (EM at K_eval, mean over seeds)', '', kx]
+  if expect is not None:
+    parts += ['', '## Still to run', ''] + still_to_run_lines(runs, expect[1], expect[0])
   files = []
   for name, plot, alt in (('em_vs_n.png', plot_em_vs_n, 'EM vs N'),
                           ('em_vs_k_eval.png', plot_em_vs_k_eval, 'EM vs K_eval'),

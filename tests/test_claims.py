@@ -325,6 +325,31 @@ def test_a_point_whose_curriculum_source_failed_is_not_run(tmp_path):
     sweeps.load_sweep(str(bad))
 
 
+def test_still_to_run_lists_the_points_without_a_run():
+  points = [dict(n_pairs=n, method=m, K=k, seed=seed, **extra)
+            for seed in (0, 1, 2) for n in (2, 4)
+            for m, k, extra in (('gradmem', 1, {}), ('rmt', 1, {'memory.rmt_update': 'replace'}),
+                                ('gradmem', 1, {'grad_mode': 'first'}),
+                                ('rmt', 2, {'memory.rmt_update': 'residual'}))]
+  points.append(dict(n_pairs=2, method='full_context', seed=0))  # not a claims method: ignored
+  # _runs() has every K=1 setting at N=2 and 4 over 3 seeds except first order at N=4; RMT x1's
+  # seed 1 at N=2 is taken out
+  runs = [r for r in _runs() if (r['method'], r.get('K'), r['n_pairs'], r.get('seed')) != (
+      'rmt', 1, 2, 1)]
+  missing = claims.still_to_run(runs, points)
+  assert list(missing.items()) == [(('RMT x1', 2), [1]),
+                                   (('RMT x2 residual', 2), [0, 1, 2]),
+                                   (('RMT x2 residual', 4), [0, 1, 2]),
+                                   (('GradMem K=1 first-order', 4), [0, 1, 2])]
+  lines = claims.still_to_run_lines(runs, points, 'sweep.py:x')
+  assert lines[0].startswith('10 of the 24 points of `sweep.py:x` have no run here')
+  assert '- RMT x1, N=2: seed 1' in lines
+  assert '- RMT x2 residual, N=2: seeds 0, 1, 2' in lines
+  done = [p for p in points if p.get('K') == 1 and p.get('grad_mode') != 'first' or
+          (p.get('grad_mode') == 'first' and p['n_pairs'] == 2)]
+  assert claims.still_to_run_lines(_runs(), done, 's') == ['Every point of `s` has a run here.']
+
+
 def test_claims_command_line(tmp_path):
   sd = tmp_path / 'sd'
   for i, r in enumerate(_runs()):
@@ -335,6 +360,16 @@ def test_claims_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert '## Claims' in out.stdout and (sd / 'claims.md').exists()
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
+                        f'--out={tmp_path / "exp"}', '--expect=configs/sweeps/claims.py:cpu'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert '## Still to run' in out.stdout and '- RMT x5, N=8: seeds 0, 1, 2' in out.stdout
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
+                        f'--out={tmp_path / "exp"}', '--expect=configs/sweeps/claims.py:nope'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0 and "--expect=configs/sweeps/claims.py:nope: unknown variant" in \
+      out.stderr, out.stderr[-2000:]
   # Two sweep dirs: the second's run replaces the first's GradMem K=1, N=2, seed 0.
   sd2 = tmp_path / 'sd2'
   os.makedirs(sd2 / 'long')
