@@ -263,17 +263,18 @@ def worker_slots(workers: int, worker_gpus: Sequence[str] = (),
       cpu_sets[w] = set(cpus[start:start + n])
       start += n
   indices = [[int(x) for x in g.split('+')] for g in worker_gpus]
+  restricted = 'CUDA_VISIBLE_DEVICES' in base  # '' too: no GPU at all
   seen = [d for d in base.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
   for g, idx in zip(worker_gpus, indices):
-    if seen and max(idx) >= len(seen):
+    if restricted and max(idx) >= len(seen):
       raise ValueError(f'worker_gpus entry {g!r}: this process sees {len(seen)} GPUs '
-                       f'(CUDA_VISIBLE_DEVICES={base["CUDA_VISIBLE_DEVICES"]}); allowed are '
-                       f'indices 0-{len(seen) - 1} among them')
+                       f'(CUDA_VISIBLE_DEVICES={base["CUDA_VISIBLE_DEVICES"]!r}); allowed are '
+                       + (f'indices 0-{len(seen) - 1} among them' if seen else 'none'))
   slots = []
   for w in range(workers):
     e = dict(base)
     if worker_gpus:
-      e['CUDA_VISIBLE_DEVICES'] = ','.join(seen[d] if seen else str(d) for d in indices[w])
+      e['CUDA_VISIBLE_DEVICES'] = ','.join(seen[d] if restricted else str(d) for d in indices[w])
       sharing = max(sum(d in other for other in indices) for d in indices[w])
     else:
       sharing = workers
@@ -321,8 +322,10 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
   K_eval values each point that finishes here is evaluated with at once, in a process of its own
   on the same worker (evaluate_point), before that worker takes another point (the others go on):
   a sweep cut short keeps the K extrapolation of the points it finished, and this process never
-  takes an accelerator from the points' processes. Interrupted (Ctrl-C, SIGTERM, SIGHUP), the
-  sweep stops the processes it started (their points resume from their checkpoints)."""
+  takes an accelerator from the points' processes. Stopped by Ctrl-C, or by SIGTERM or SIGHUP
+  when called from the main thread with their default action set (under nohup, SIGHUP stays
+  ignored), the sweep stops the processes it started (their points resume from their
+  checkpoints)."""
   env = point_env(xla_cache_dir)
   slots = worker_slots(workers, worker_gpus, env)
   write_manifest(sweep_dir, config_spec, sweep)
@@ -446,29 +449,40 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     if eval_ks:  # on this worker's devices and CPUs, before it takes another point
       start(w, i, _eval_command(wd, eval_ks), 'eval')
 
+  stopped_by = []  # the signal that asked this sweep to stop (the wait loop acts on it)
+
   def stop(signum, frame):
-    raise SystemExit(f'sweep stopped by signal {signum}')
+    stopped_by.append(signum)
+
+  def check_stopped() -> None:
+    if stopped_by:
+      raise SystemExit(f'sweep stopped by signal {stopped_by[0]}')
 
   handlers = {}
-  if threading.current_thread() is threading.main_thread():
-    for sig in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
-      if sig is not None:
-        handlers[sig] = signal.signal(sig, stop)
   try:
+    # SIGTERM and SIGHUP stop the sweep and its points, where their default action (death) is
+    # still set: a sweep under nohup keeps ignoring SIGHUP. Only the main thread can set them.
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+          handlers[sig] = signal.SIG_DFL
+          signal.signal(sig, stop)
     while True:
       launch_ready()
       if not running:
         break
-      done = []
+      done, since = [], time.monotonic()
       while not done:
+        check_stopped()
         done = [w for w, job in running.items() if job[1].poll() is not None]
         if not done:
           time.sleep(0.2)
+          if (waiting and len(running) < len(slots) and time.monotonic() - since > 5):
+            break  # a source another process trains may have finished: look again
       for w in sorted(done):
         finish(w)
+      check_stopped()
   finally:  # stopped: the points' processes stop too (they resume from their checkpoints)
-    for sig, old in handlers.items():
-      signal.signal(sig, old)
     jobs = list(running.values())
     for _, proc, _, _ in jobs:
       if proc.poll() is None:
@@ -481,8 +495,12 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         proc.kill()
         proc.wait()
       out.close()
-  for i in waiting:  # only a cycle of curriculum sources leaves points here
-    status[i] = {'slug': slug(sweep.points[i]), 'status': 'blocked (curriculum cycle)'}
+    for sig, old in handlers.items():
+      signal.signal(sig, old)
+  for i in waiting:  # their sources were blocked or busy (or wait for them): none can run now
+    source = sweep.init_from.get(slug(sweep.points[i]))
+    log(f'{head(i)}: not run, its curriculum source {source} did not finish')
+    status[i] = {'slug': slug(sweep.points[i]), 'status': f'blocked (source {source} unfinished)'}
   return status
 
 
