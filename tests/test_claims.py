@@ -289,7 +289,7 @@ def test_claims_sweep_curriculum_in_n():
   # Claim 3's baseline over inner lr (first order took second order's in `cpu`), K=1 first.
   tfo = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:tune_first_order'))
   assert [(p['K'], p['inner_lr']) for p in tfo.points] == [
-      (k, x) for k in (1, 2) for x in (0.04, 0.1, 0.3, 1.0, 3.0)]
+      (k, x) for k in (1, 2) for x in (0.04, 0.1, 0.3, 1.0, 3.0, 10.0)]
   for p in tfo.points:
     assert (p['method'], p['grad_mode'], p['n_pairs'], p['seed']) == ('gradmem', 'first', 2, 0)
     assert p['lr'] == claims_cfg.TUNED['gradmem']['lr']

@@ -35,8 +35,9 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              --sweep_dir=runs/claims_cpu,runs/claims_equal_budget --out=DIR` puts these runs in
              place of `cpu`'s GradMem K=1 points (same label, N and seed).
   tune_first_order  claim 3's baseline tuned too: first-order GradMem K=1 and K=2 at N=2 over inner
-             lr {0.04 (the paper's), 0.1, 0.3 (TUNED, second order's), 1, 3}, outer lr 1e-3,
-             4,000 steps, seed 0 (K=1's five points first: minutes each). The `cpu` runs give
+             lr {0.04 (the paper's), 0.1, 0.3 (TUNED, second order's), 1, 3, 10 (the top of the
+             paper's search range)}, outer lr 1e-3, 4,000 steps, seed 0 (K=1's points first:
+             minutes each). The `cpu` runs give
              first order second order's inner lr; is first order just mis-tuned there?
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
@@ -128,7 +129,7 @@ def _tune() -> Sweep:
                            'runs', figures=('em_by_method',), init_from=init_from)
 
 
-TUNE_FIRST_ORDER_INNER_LRS = (0.04, 0.1, 0.3, 1.0, 3.0)
+TUNE_FIRST_ORDER_INNER_LRS = (0.04, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def _tune_first_order(base: str) -> Sweep:
