@@ -34,11 +34,11 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              step). Its own sweep dir; `experiments.claims
              --sweep_dir=runs/claims_cpu,runs/claims_equal_budget --out=DIR` puts these runs in
              place of `cpu`'s GradMem K=1 points (same label, N and seed).
-  tune_first_order  claim 3's baseline tuned too: first-order GradMem K=1 and K=2 at N=2 over inner
-             lr {0.04 (the paper's), 0.1, 0.3 (TUNED, second order's), 1, 3, 10 (the top of the
+  tune_first_order  claim 3's baseline tuned too: `cpu` gives first order second order's inner
+             lr; is first order just mis-tuned there? First-order GradMem K=1 and K=2 at N=2
+             over inner lr {0.04 (the paper's), 0.1, 0.3 (TUNED), 1, 3, 10 (the top of the
              paper's search range)}, outer lr 1e-3, 4,000 steps, seed 0 (K=1's points first:
-             minutes each). The `cpu` runs give
-             first order second order's inner lr; is first order just mis-tuned there?
+             about 5 minutes each on a core). Its own sweep dir; experiments.report tables it.
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
