@@ -654,9 +654,9 @@ def still_to_run(runs: Sequence[dict], points: Sequence[dict]) -> 'OrderedDict[t
     lab = point_label(p)
     if lab is None:
       continue
-    key = (lab, int(p['n_pairs']))
-    if (lab, key[1], int(p.get('seed', 0))) not in have:
-      missing.setdefault(key, []).append(int(p.get('seed', 0)))
+    n, seed = int(p['n_pairs']), int(p.get('seed', 0))
+    if (lab, n, seed) not in have:
+      missing.setdefault((lab, n), []).append(seed)
   return OrderedDict(sorted(missing.items(), key=lambda kv: (label_order(kv[0][0]), kv[0][1])))
 
 

@@ -344,6 +344,7 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
       status.append({'slug': slug(p), 'status': 'dry_run'})
     return status
   n = len(sweep.points)
+  slugs = [slug(p) for p in sweep.points]
   status: list = [None] * n
   waiting = list(range(n))   # not yet launched or decided, in the sweep's order
   running = {}               # worker -> [point index, process, its log file, 'train' | 'eval']
@@ -353,22 +354,25 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     log(describe_slots(slots))
 
   def head(i: int) -> str:
-    return f'[{i + 1}/{n}] {slug(sweep.points[i])}'
+    return f'[{i + 1}/{n}] {slugs[i]}'
 
   def left_to(i: int, holder: str, prefix: str) -> None:
-    log(f'{prefix}{slug(sweep.points[i])}: not run, another process is training it ({holder}); '
+    log(f'{prefix}{slugs[i]}: not run, another process is training it ({holder}); '
         'rerun the sweep after it ends')
-    status[i] = {'slug': slug(sweep.points[i]), 'status': f'busy ({holder})'}
+    status[i] = {'slug': slugs[i], 'status': f'busy ({holder})'}
+
+  def blocked(i: int, source: str) -> None:
+    log(f'{head(i)}: not run, its curriculum source {source} did not finish')
+    status[i] = {'slug': slugs[i], 'status': f'blocked (source {source} unfinished)'}
 
   def may_finish(source: str) -> bool:  # the source may still finish while this sweep runs
-    if any(slug(sweep.points[j]) == source for j in waiting):
-      return True
-    if any(slug(sweep.points[job[0]]) == source for job in running.values()):
+    if any(slugs[j] == source for j in waiting) or any(
+        slugs[job[0]] == source for job in running.values()):
       return True
     return bool(running) and bool(workdir_lock.holder(os.path.join(sweep_dir, source)))
 
   def start(w: int, i: int, cmd: list, phase: str) -> None:
-    wd = os.path.join(sweep_dir, slug(sweep.points[i]))
+    wd = os.path.join(sweep_dir, slugs[i])
     os.makedirs(wd, exist_ok=True)
     out = open(os.path.join(wd, 'stdout.log'), 'a')
     try:
@@ -385,25 +389,24 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
       if not free:
         return  # a point is looked at only when a worker could take it
       p = sweep.points[i]
-      wd = os.path.join(sweep_dir, slug(p))
+      wd = os.path.join(sweep_dir, slugs[i])
       if is_finished(wd):
         log(f'{head(i)}: finished, skipped')
-        status[i] = {'slug': slug(p), 'status': 'skipped'}
+        status[i] = {'slug': slugs[i], 'status': 'skipped'}
         waiting.remove(i)
         continue
-      source = sweep.init_from.get(slug(p))
+      source = sweep.init_from.get(slugs[i])
       if source and not is_finished(os.path.join(sweep_dir, source)):
         if may_finish(source):
           continue  # wait for it, and let a free worker take the next points
-        log(f'{head(i)}: not run, its curriculum source {source} did not finish')
-        status[i] = {'slug': slug(p), 'status': f'blocked (source {source} unfinished)'}
+        blocked(i, source)
         waiting.remove(i)
         continue
       if source and not has_params(os.path.join(sweep_dir, source)):
         log(f'{head(i)}: not run, its curriculum source {source} has no parameters (best/ or '
             'checkpoints/) here: it was restored from an archive that did not keep them '
             '(experiments.archive keeps those of curriculum chains by default)')
-        status[i] = {'slug': slug(p), 'status': f'blocked (source {source} has no parameters)'}
+        status[i] = {'slug': slugs[i], 'status': f'blocked (source {source} has no parameters)'}
         waiting.remove(i)
         continue
       busy = workdir_lock.holder(wd)
@@ -426,8 +429,8 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     nonlocal n_done
     i, proc, out, phase = running.pop(w)
     out.close()
-    p = sweep.points[i]
-    wd = os.path.join(sweep_dir, slug(p))
+    name = slugs[i]
+    wd = os.path.join(sweep_dir, name)
     rc = proc.returncode
     if phase == 'eval':
       _log_evaluation(wd, eval_ks, rc, log)
@@ -437,15 +440,15 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
       return
     n_done += 1
     ok = rc == 0 and is_finished(wd)
-    status[i] = {'slug': slug(p), 'status': 'ok' if ok else f'failed (exit {rc})'}
+    status[i] = {'slug': name, 'status': 'ok' if ok else f'failed (exit {rc})'}
     if not ok:
-      log(f'  {slug(p)} failed with exit code {rc}; see {wd}/stdout.log')
+      log(f'  {name} failed with exit code {rc}; see {wd}/stdout.log')
       return
     with open(os.path.join(wd, 'results.json')) as f:
       r = json.load(f)
     em = r.get('best', {}).get('em')
-    log(f'  {slug(p)}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
-        if em is not None else f'  {slug(p)}: done')
+    log(f'  {name}: best EM {100 * em:.2f}% in {r["wall_time_s"] / 60:.1f} min'
+        if em is not None else f'  {name}: done')
     if eval_ks:  # on this worker's devices and CPUs, before it takes another point
       start(w, i, _eval_command(wd, eval_ks), 'eval')
 
@@ -498,9 +501,7 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
     for sig, old in handlers.items():
       signal.signal(sig, old)
   for i in waiting:  # their sources were blocked or busy (or wait for them): none can run now
-    source = sweep.init_from.get(slug(sweep.points[i]))
-    log(f'{head(i)}: not run, its curriculum source {source} did not finish')
-    status[i] = {'slug': slug(sweep.points[i]), 'status': f'blocked (source {source} unfinished)'}
+    blocked(i, sweep.init_from.get(slugs[i]))
   return status
 
 
