@@ -136,7 +136,7 @@ def smollm2_cpu(c):
 
 
 PRESETS = {'cpu': cpu, 'tiny': tiny, 'gpt2': gpt2, 'smollm2': smollm2, 'smollm2_cpu': smollm2_cpu,
-           **common.METHOD_PRESETS}
+           **common.METHOD_PRESETS, **common.MODEL_PRESETS}
 PRESETS.update({f'qa{t}': (lambda c, t=t: qa(c, t)) for t in PAPER_TASKS})
 
 

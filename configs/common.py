@@ -22,10 +22,16 @@ def task_section(name: str, **changes) -> ml_collections.ConfigDict:
   return c
 
 
+def update_model(c, **fields) -> None:
+  """Sets the size fields a preset names on whichever family `config.model` holds: those the
+  family has (a Mamba has no heads or MLP width; presets state sizes for every family)."""
+  c.model.update({k: v for k, v in fields.items() if k in c.model})
+
+
 def tiny_model(c, num_memory: int = 2):
   """The smoke-test size shared by every task's `tiny` preset: a 1-layer, 16-wide model, K=1,
   batch 8, a short warmup, and evaluation in batches of 8."""
-  c.model.update(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
+  update_model(c, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
   c.memory.update(num_memory=num_memory, K=1)
   c.optim.update(batch_size=8, warmup_steps=2)
   c.eval.batch_size = 8
@@ -64,3 +70,23 @@ def first_order(c):
 
 
 METHOD_PRESETS = {'rmt': rmt, 'full_context': full_context, 'first_order': first_order}
+
+
+def mamba(c):
+  """The backbone as a Mamba (models/mamba.py) of the same width and depth, vocabulary and dtypes,
+  under whatever method the config runs. The paper's Mamba baseline is `mamba,full_context`: the
+  context read through the recurrent state. Presets that size the model (tiny, paper_nN) may
+  come before or after it."""
+  for f in ('pretrained', 'hf_checkpoint'):
+    if c.model.get(f):
+      raise ValueError(f'preset mamba builds a Mamba from scratch, but model.{f}='
+                       f'{c.model[f]!r} names a checkpoint: drop one of them')
+  keep = ('vocab_size', 'hidden_size', 'num_layers', 'dtype', 'param_dtype', 'remat',
+          'scan_layers')
+  had = dict(c.model)
+  c.model = model_section('mamba', **{k: had[k] for k in keep if k in had})
+  if 'hf_checkpoint' in had:  # a task that can start from a local checkpoint keeps the field
+    c.model.hf_checkpoint = ''
+
+
+MODEL_PRESETS = {'mamba': mamba}

@@ -9,7 +9,8 @@ Launch (the default is the small CPU preset that learns in minutes):
       --config.train.init_from=/tmp/kv_n16_k5 --workdir=/tmp/kv_n32_k5
 
 Presets (bare words after the colon, applied in order): cpu (default), tiny, paper_n{4..96},
-rmt, full_context, first_order. Overrides: key=value with a dotted path or one of ALIASES.
+rmt, full_context, first_order, mamba (the backbone as a Mamba of the same size; the paper's
+Mamba baseline is `mamba,full_context`). Overrides: key=value with a dotted path or one of ALIASES.
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def tiny(c):
 
 def paper(c, n_pairs: int):
   """The paper's KV model and recipe (SPEC §4, §7); K from the override (default 2)."""
-  c.model.update(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4, num_kv_heads=4)
+  common.update_model(c, hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4,
+                      num_kv_heads=4)
   c.memory.update(num_memory=8, inner_lr=0.04, inner_loss_weight=0.5, mem_proj='none',
                   write_head=True)
   c.data.update(n_pairs=n_pairs, n_val=5000)
@@ -128,7 +130,8 @@ def paper_rope(c):
       original_max_position_embeddings=8192))
 
 
-PRESETS = {'cpu': cpu, 'tiny': tiny, 'paper_rope': paper_rope, **common.METHOD_PRESETS}
+PRESETS = {'cpu': cpu, 'tiny': tiny, 'paper_rope': paper_rope, **common.METHOD_PRESETS,
+           **common.MODEL_PRESETS}
 PRESETS.update({f'paper_n{n}': (lambda c, n=n: paper(c, n)) for n in PAPER_N})
 
 

@@ -82,16 +82,22 @@ def parse_arg(arg: Optional[str], config: ml_collections.ConfigDict,
               aliases: Optional[Mapping[str, str]] = None) -> ml_collections.ConfigDict:
   """Applies presets (in order) then `key=value` overrides from a `get_config` argument.
 
+  `preset=NAME` is the bare word NAME written as a key=value pair (a sweep point, which is all
+  key=value, can so apply a preset, e.g. `preset=mamba`).
+
   The aliases are kept in the config (`config.aliases`), so tools that reopen a run's
   config.json (evaluation, sweeps) accept the same short names."""
   config.aliases = ml_collections.ConfigDict(dict(aliases or {}))
   tokens = [t.strip() for t in (arg or '').split(',') if t.strip()]
   overrides = []
   for t in tokens:
-    if '=' in t:
-      k, v = t.split('=', 1)
-      overrides.append((k.strip(), v.strip()))
-    elif t in presets:
+    k, eq, v = (part.strip() for part in t.partition('='))
+    if eq and k == 'preset':
+      t = v
+    elif eq:
+      overrides.append((k, v))
+      continue
+    if t in presets:
       presets[t](config)
     else:
       raise ValueError(f'unknown preset {t!r}; presets: {sorted(presets)} '

@@ -105,10 +105,12 @@ TINY_LLAMA = dict(kind='llama', vocab_size=23, hidden_size=16, intermediate_size
                   num_heads=2, num_kv_heads=1, max_positions=64)
 TINY_GPT2 = dict(kind='gpt2', vocab_size=23, hidden_size=16, intermediate_size=32, num_layers=2,
                  num_heads=2, max_positions=64)
+TINY_MAMBA = dict(kind='mamba', vocab_size=23, hidden_size=16, num_layers=2, state_size=4)
+TINY = {'llama': TINY_LLAMA, 'gpt2': TINY_GPT2, 'mamba': TINY_MAMBA}
 
 
 def tiny_backbone(dtype: str = 'float32', **overrides):
-  base = TINY_GPT2 if overrides.get('kind') == 'gpt2' else TINY_LLAMA
+  base = TINY[overrides.get('kind', 'llama')]
   cfg = dict(base, dtype=dtype, param_dtype=dtype)
   cfg.update(overrides)
   return backbone_from_config(cfg)

@@ -174,6 +174,16 @@ def test_overrides_and_presets_apply():
   assert c.model.hidden_size == 128 and c.optim.lr == 1e-4
 
 
+def test_a_preset_written_as_key_value_applies_in_order():
+  # Sweep points are key=value only: `preset=NAME` is the bare word NAME, applied in its place.
+  assert kv_retrieval.get_config('tiny,preset=mamba').to_dict() == \
+      kv_retrieval.get_config('tiny,mamba').to_dict()
+  c = kv_retrieval.get_config('preset=paper_n16,preset=rmt,K=3')
+  assert (c.data.n_pairs, c.memory.method, c.memory.K) == (16, 'rmt', 3)
+  with pytest.raises(ValueError, match="unknown preset 'nope'"):
+    kv_retrieval.get_config('preset=nope')
+
+
 def test_command_line_runs_and_rejects_bad_override(tmp_path):
   cmd = [sys.executable, '-m', 'experiments.kv_retrieval',
          f'--config={ROOT}/configs/kv_retrieval.py:tiny,K=-2', f'--workdir={tmp_path}']

@@ -39,6 +39,11 @@ Variants (`--sweep=configs/sweeps/claims.py:<variant>`):
              over inner lr {0.04 (the paper's), 0.1, 0.3 (TUNED), 1, 3, 10 (the top of the
              paper's search range)}, outer lr 1e-3, 4,000 steps, seed 0 (K=1's points first:
              about 5 minutes each on a core). Its own sweep dir; experiments.report tables it.
+  baselines  the paper's two full-context baselines at CPU scale, beside the claims: the
+             transformer reading the whole context (its KV cache is the memory) and Mamba
+             reading it through its fixed-size recurrent state (`preset=mamba`: the same width
+             and depth), N in {2, 4, 8}, seeds 0-2, 4,000 steps or 99% EM, no curriculum (the
+             paper uses none up to N = 16). Its own sweep dir; experiments.report tables it.
   depth      claim 1 on a 4-layer model (model.num_layers=4): GradMem K=1 and RMT x1 at N in {2, 4},
              seed 0, up to 8,000 steps (RMT: its 12,000): does claim 1 hold on a deeper model?
   paper      the same points with the paper's model and recipe (paper_n16: 4 x 128, lr 1e-4,
@@ -141,6 +146,15 @@ def _tune_first_order(base: str) -> Sweep:
                figures=('em_by_method',))
 
 
+def _baselines(base: str) -> Sweep:
+  points = [dict(n_pairs=n, **m, seed=seed) for seed in (0, 1, 2) for n in (2, 4, 8)
+            for m in ({'method': 'full_context'},
+                      {'preset': 'mamba', 'method': 'full_context'})]
+  return Sweep('claims_baselines', points, base=base,
+               description='full-context transformer and Mamba, N in {2, 4, 8} (no curriculum)',
+               figures=('em_vs:n_pairs',))
+
+
 def get_sweep(arg=None):
   variant = arg or 'cpu'
   if variant == 'tune':
@@ -174,6 +188,8 @@ def get_sweep(arg=None):
                    methods=[dict(METHODS[0], max_steps=TUNED['rmt']['max_steps'])])
   if variant == 'tune_first_order':
     return _tune_first_order(cpu_base)
+  if variant == 'baselines':
+    return _baselines(cpu_base)
   if variant == 'depth':
     return _claims('claims_depth', [2, 4], [0],
                    'model.num_layers=4,max_steps=8000,train.eval_every=500,train.target_em=0.99',
@@ -182,4 +198,5 @@ def get_sweep(arg=None):
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
   raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
-                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, tune_first_order, depth, paper')
+                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, tune_first_order, baselines, depth, '
+                   'paper')

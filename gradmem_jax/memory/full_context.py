@@ -35,8 +35,9 @@ class FullContext:
     return {'backbone': bb, 'memory': {}}
 
   def memory_floats(self, context_len: int) -> int:
-    """The KV cache of the context: keys and values of every layer."""
-    return 2 * self.backbone.num_layers * context_len * self.backbone.hidden_size
+    """What the decoder holds after reading the context: a transformer's KV cache (keys and
+    values of every layer), a recurrent family's state."""
+    return self.backbone.context_floats(context_len)
 
   def identity(self) -> dict:
     return {'method': self.cfg.method}

@@ -8,6 +8,8 @@ from gradmem_jax.models.base import (FAMILIES, Backbone, Family, HFSpec, backbon
                                      register_family)
 from gradmem_jax.models.gpt2 import GPT2Config, GPT2Decoder
 from gradmem_jax.models.llama import LlamaConfig, LlamaDecoder
+from gradmem_jax.models.mamba import MambaConfig, MambaDecoder
 
 __all__ = ['Backbone', 'backbone_from_config', 'FAMILIES', 'Family', 'HFSpec', 'register_family',
-           'LlamaConfig', 'GPT2Config', 'LlamaDecoder', 'GPT2Decoder']
+           'LlamaConfig', 'GPT2Config', 'MambaConfig', 'LlamaDecoder', 'GPT2Decoder',
+           'MambaDecoder']

@@ -39,6 +39,9 @@ class Family:
   output_embedding: Callable[[Params, Any], Array]  # (params, cfg) -> [d, vocab]
   has_dropout: Callable[[Any], bool] = lambda cfg: False
   hf: Optional[HFSpec] = None
+  # (cfg, context length) -> floats the decoder holds after reading a context: None = a KV cache
+  # (keys and values of every layer); a recurrent family's fixed-size state otherwise.
+  context_floats: Optional[Callable[[Any, int], int]] = None
 
 
 FAMILIES: Registry[Family] = Registry('backbone family', 'model.kind')
@@ -96,6 +99,12 @@ class Backbone:
 
   def logits(self, params: Params, hidden: Array) -> Array:
     return self.module.apply({'params': params}, hidden, method='logits')
+
+  def context_floats(self, context_len: int) -> int:
+    """Floats the decoder holds after reading `context_len` tokens (full-context baseline)."""
+    if self.family.context_floats is not None:
+      return self.family.context_floats(self.cfg, context_len)
+    return 2 * self.num_layers * context_len * self.hidden_size
 
   def output_embedding(self, params: Params) -> Array:
     """The output projection as [d, vocab] (initial value of a write head)."""

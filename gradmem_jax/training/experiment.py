@@ -37,8 +37,10 @@ class Experiment:
     return self.method.memory_floats(self.task.context_len)
 
   def identity(self) -> dict:
-    """What names this run in results and reports: the task's and the method's fields."""
-    return {**self.task.identity(), **self.method.identity()}
+    """What names this run in results and reports: the task's fields, the backbone family when
+    it is not the default Llama-style decoder (a Mamba, GPT-2), and the method's fields."""
+    family = {} if self.backbone.kind == 'llama' else {'backbone': self.backbone.kind}
+    return {**self.task.identity(), **family, **self.method.identity()}
 
 
 def _data_section(config) -> dict:
