@@ -13,6 +13,8 @@ when a run counts as cut short).
   python -m experiments.claims \
       --sweep_dir=benchmarks/results/claims_cpu/runs.csv,runs/claims_cpu \
       --out=benchmarks/results/claims_cpu   # a committed ledger plus the runs since
+  python -m experiments.claims --sweep_dir=runs/claims_cpu,runs/claims_baselines
+      # + the full-context transformer and Mamba (claims.py:baselines) as rows and lines
 
 Each report also writes runs.csv, one row per run behind it. A --sweep_dir entry may be such a
 ledger instead of a directory: run directories do not always outlive a machine, a ledger does.

@@ -12,12 +12,18 @@ stopped (`convergence`: the issue asks for runs that converged or plateaued, and
 understates its method). A claim is called supported at an N when the two means
 differ by more than the sum of the two spreads (and by at least one point of EM); with one seed it
 is only "ahead" / "behind": no spread, no verdict. The paper's numbers stand beside ours.
+
+The paper's full-context baselines, the transformer reading the whole context and Mamba reading it
+through its recurrent state (`claims.py:baselines`), are rows of the table and lines of the
+figure when their runs are given (e.g. `--sweep_dir=runs/claims_cpu,runs/claims_baselines`): the
+upper bounds the memory methods are measured against. They enter no claim.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import warnings
 from collections import OrderedDict
 from typing import Optional, Sequence
@@ -36,7 +42,12 @@ PAPER = {
     'RMT x1': {4: 100, 8: 100, 16: 45.5, 32: 44.3, 64: 19.3, 96: 12.9},
     'GradMem K=1 first-order': {8: 12.9, 16: 3.0},
     'GradMem K=2 first-order': {8: 46.7, 16: 4.2},
+    'Full context': {4: 100, 8: 100, 16: 99.8, 32: 99.8, 64: 96.5, 96: 98.8},
+    'Mamba (full context)': {4: 99.9, 8: 98.9, 16: 98.7, 32: 90.2, 64: 95.2, 96: 92.2},
 }
+# How a backbone family other than the default Llama-style decoder shows in a label.
+BACKBONE_NAMES = {'mamba': 'Mamba', 'gpt2': 'GPT-2'}
+FULL_CONTEXT = 'full context'
 MIN_GAP = 0.01  # a difference below one point of EM is no difference
 # A run is still rising when the best validation EM of its last quarter of steps beats the best
 # before it by more than this: two points of EM, more than a plateaued run's evaluations wobble
@@ -53,15 +64,27 @@ RMT_UPDATES = ('replace', 'residual')
 
 
 def label(run: dict) -> Optional[str]:
-  """'GradMem K=2', 'GradMem K=1 first-order', 'RMT x5' (+ ' residual'), or None (another
-  method: not part of the claims)."""
+  """'GradMem K=2', 'GradMem K=1 first-order', 'RMT x5' (+ ' residual'), the full-context
+  baselines 'Full context' (the transformer) and 'Mamba (full context)', or None (another
+  method: not part of the claims). On a backbone other than the default Llama-style decoder a
+  memory method's label says so: 'GradMem K=1 (Mamba)'."""
   method, k = run.get('method'), run.get('K')
+  backbone = run.get('backbone') or 'llama'
+  name = BACKBONE_NAMES.get(backbone, backbone)
+  on = '' if backbone == 'llama' else f' ({name})'
   if method == 'gradmem':
     mode = run.get('grad_mode', 'second')
-    return f'GradMem K={k}' + ('' if mode == 'second' else f' {mode}-order')
+    return f'GradMem K={k}' + ('' if mode == 'second' else f' {mode}-order') + on
   if method == 'rmt':
-    return f'RMT x{k}' + (' residual' if run.get('rmt_update') == 'residual' else '')
+    return f'RMT x{k}' + (' residual' if run.get('rmt_update') == 'residual' else '') + on
+  if method == 'full_context':
+    return 'Full context' if backbone == 'llama' else f'{name} ({FULL_CONTEXT})'
   return None
+
+
+def is_baseline(lab: str) -> bool:
+  """A full-context label: no memory, no K."""
+  return lab.lower().startswith(FULL_CONTEXT) or lab.endswith(f'({FULL_CONTEXT})')
 
 
 def trained_k(lab: str) -> int:
@@ -70,13 +93,18 @@ def trained_k(lab: str) -> int:
 
 
 def label_order(lab: str) -> tuple:
-  """Report order: GradMem (second order), RMT, then first order; by K within each."""
+  """Report order: GradMem (second order), RMT, first order, then the full-context baselines; by
+  K within each."""
+  if is_baseline(lab):
+    return (3, 0, lab)
   kind = 0 if lab.startswith('GradMem') and 'order' not in lab else (
       1 if lab.startswith('RMT') else 2)
   return (kind, trained_k(lab), lab)
 
 
 def _line_style(lab: str) -> str:
+  if is_baseline(lab):
+    return '-.'
   return '--' if 'order' in lab else (':' if lab.startswith('RMT') else '-')
 
 
@@ -487,9 +515,11 @@ def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
 
 LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', 'seed', 'best_em',
                  'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source', 'stop_reason',
-                 'em_curve')
-# Columns added later: a ledger written before them still reads (as runs without a curve).
-OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve')
+                 'em_curve', 'backbone')
+# Columns added later: a ledger written before them still reads (as runs without a curve, on the
+# default backbone).
+OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone')
+LEDGER_METHODS = ('gradmem', 'rmt', 'full_context')
 
 
 def ledger_rows(runs: Sequence[dict]) -> list[dict]:
@@ -499,7 +529,7 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
     em = r['best']['em']
     kx = {int(row['K_eval']): float(row['em']) for row in r.get('k_extrapolation') or ()}
     rows.append({
-        'label': lab, 'method': r['method'], 'K': int(r['K']),
+        'label': lab, 'method': r['method'], 'K': '' if r.get('K') is None else int(r['K']),
         'grad_mode': r.get('grad_mode', 'second') if r['method'] == 'gradmem' else '',
         'rmt_update': r.get('rmt_update', 'replace') if r['method'] == 'rmt' else '',
         'n_pairs': int(r['n_pairs']), 'seed': int(r.get('seed', 0)), 'best_em': float(em),
@@ -510,7 +540,8 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'source': r.get('source') or r.get('slug') or '',
         'stop_reason': r.get('stop_reason') or '',
         'em_curve': (json.dumps([[int(s), round(float(e), 6)] for s, e in r['em_curve']],
-                                separators=(',', ':')) if r.get('em_curve') else '')})
+                                separators=(',', ':')) if r.get('em_curve') else ''),
+        'backbone': '' if (r.get('backbone') or 'llama') == 'llama' else r['backbone']})
   rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
   return rows
 
@@ -566,9 +597,10 @@ def _read_ledger(path: str) -> list[dict]:
     for line, row in enumerate(reader, start=2):
       where = f'{path}, line {line}'
       method = (row['method'] or '').strip()
-      if method not in ('gradmem', 'rmt'):
-        raise ValueError(f"{where}, field 'method': {method!r}; allowed: 'gradmem', 'rmt'")
-      r = {'method': method, 'K': _ledger_value(path, line, row, 'K', int),
+      if method not in LEDGER_METHODS:
+        raise ValueError(f"{where}, field 'method': {method!r}; allowed: {LEDGER_METHODS}")
+      r = {'method': method,
+           'K': _ledger_value(path, line, row, 'K', int, allow_blank=method == 'full_context'),
            'n_pairs': _ledger_value(path, line, row, 'n_pairs', int),
            'seed': _ledger_value(path, line, row, 'seed', int),
            'best_step': _ledger_value(path, line, row, 'best_step', int, allow_blank=True),
@@ -580,12 +612,18 @@ def _read_ledger(path: str) -> list[dict]:
       if not 0.0 <= em <= 1.0:
         raise ValueError(f"{where}, field 'best_em': {em} is outside [0, 1] (a fraction, not %)")
       r['best'] = {'em': em}
+      backbone = (row.get('backbone') or '').strip()
+      if backbone:
+        if not re.fullmatch(r'[a-z][a-z0-9_]*', backbone):
+          raise ValueError(f"{where}, field 'backbone': {backbone!r} is not a backbone family "
+                           "name (e.g. 'mamba'; blank: the default Llama-style decoder)")
+        r['backbone'] = backbone
       if method == 'gradmem':
         mode = (row['grad_mode'] or 'second').strip()
         if mode not in GRAD_MODES:
           raise ValueError(f"{where}, field 'grad_mode': {mode!r}; allowed: {GRAD_MODES}")
         r['grad_mode'] = mode
-      else:
+      elif method == 'rmt':
         upd = (row['rmt_update'] or 'replace').strip()
         if upd not in RMT_UPDATES:
           raise ValueError(f"{where}, field 'rmt_update': {upd!r}; allowed: {RMT_UPDATES}")
@@ -639,10 +677,12 @@ def load_runs(source: str) -> list[dict]:
 
 
 def point_label(point: dict) -> Optional[str]:
-  """label() of a claims sweep point (its overrides): the label its run will carry."""
+  """label() of a claims sweep point (its overrides): the label its run will carry. The backbone
+  comes from `model.kind` or the preset that swaps it (`preset=mamba`)."""
+  backbone = point.get('model.kind') or ('mamba' if point.get('preset') == 'mamba' else None)
   return label({'method': point.get('method'), 'K': point.get('K'),
                 'grad_mode': point.get('grad_mode', 'second'),
-                'rmt_update': point.get('memory.rmt_update')})
+                'rmt_update': point.get('memory.rmt_update'), 'backbone': backbone})
 
 
 def still_to_run(runs: Sequence[dict], points: Sequence[dict]) -> 'OrderedDict[tuple, list]':

@@ -44,9 +44,11 @@ def _runs():
 
 
 def test_cells_group_seeds_and_keep_only_the_claims_methods():
-  cs = claims.cells(_runs())
+  other = {'task': 'kv', 'n_pairs': 2, 'method': 'armt', 'best': {'em': 0.5}}
+  cs = claims.cells(_runs() + [other])
   assert ('GradMem K=1', 2) in cs and ('RMT x1', 4) in cs
-  assert not any(lab.startswith('full') for lab, _ in cs)  # not part of the claims
+  # The full-context baseline is a row (last), another method is not part of the report.
+  assert list(cs)[-1] == ('Full context', 2) and len({lab for lab, _ in cs}) == 6
   c = cs[('GradMem K=1', 2)]
   assert c['seeds'] == 3 and abs(c['em_mean'] - 0.91) < 1e-9
   assert abs(c['em_std'] - 0.0081650) < 1e-6  # population std of 0.90, 0.92, 0.91
@@ -108,6 +110,37 @@ def test_report_files_table_and_claims(tmp_path):
   assert rows[0].startswith('method,n_pairs,em_mean') and len(rows) == 1 + len(out['cells'])
 
 
+def test_the_full_context_baselines_beside_the_claims(tmp_path):
+  """The transformer and the Mamba reading the whole context: rows of their own (after the
+  claims' methods, with the paper's numbers), kept apart by backbone, through the ledger."""
+  fc = lambda n, seed, em, backbone=None: dict(
+      {'task': 'kv', 'n_pairs': n, 'method': 'full_context', 'seed': seed, 'steps': 500,
+       'wall_time_s': 60.0, 'best': {'em': em}}, **({'backbone': backbone} if backbone else {}))
+  runs = [_run('gradmem', 1, 4, 0, 0.6), fc(4, 0, 0.99), fc(4, 1, 0.97),
+          fc(4, 0, 0.80, 'mamba'), fc(4, 1, 0.70, 'mamba'), fc(8, 0, 0.4, 'mamba'),
+          dict(_run('gradmem', 1, 4, 0, 0.3), backbone='mamba')]
+  cs = claims.cells(runs)
+  assert list(cs) == [('GradMem K=1', 4), ('GradMem K=1 (Mamba)', 4),
+                      ('Full context', 4), ('Mamba (full context)', 4), ('Mamba (full context)', 8)]
+  assert cs[('Mamba (full context)', 4)]['em_mean'] == pytest.approx(0.75)
+  out = claims.make_claims_report(runs, str(tmp_path))
+  assert '| Full context | 98.0 ± 1.0 (2 seeds, 500 steps, 1.0 min) | - | 4: 100, 8: 100 |' in \
+      out['markdown']
+  assert '| Mamba (full context) | 75.0 ± 5.0 (2 seeds, 500 steps, 1.0 min) | 40.0 (1 seed, 500 ' \
+      'steps, 1.0 min) | 4: 99.9, 8: 98.9 |' in out['markdown']
+  back = claims.read_ledger(str(tmp_path / 'runs.csv'))
+  assert claims.cells(back).keys() == cs.keys()
+  rows = list(csv.DictReader(open(tmp_path / 'runs.csv')))
+  assert [(r['label'], r['K'], r['backbone']) for r in rows][2:4] == [
+      ('Full context', '', ''), ('Full context', '', '')]
+  # A sweep point's label: the backbone from model.kind or the preset that swaps it.
+  assert claims.point_label({'n_pairs': 2, 'preset': 'mamba', 'method': 'full_context'}) == \
+      'Mamba (full context)'
+  assert claims.point_label({'method': 'gradmem', 'K': 1, 'model.kind': 'mamba'}) == \
+      'GradMem K=1 (Mamba)'
+  assert claims.point_label({'method': 'full_context'}) == 'Full context'
+
+
 def test_overlay_replaces_only_the_same_method_n_and_seed():
   base = _runs()
   longer = [_run('gradmem', 1, 2, 1, 0.99), _run('gradmem', 1, 2, 7, 0.5)]
@@ -137,7 +170,7 @@ def test_the_runs_ledger_stands_for_the_runs(tmp_path):
   runs[0]['wall_time_s'] = None  # a run whose time was not kept
   out = claims.make_claims_report(runs, str(tmp_path))
   back = claims.read_ledger(str(tmp_path / 'runs.csv'))
-  assert len(back) == len(runs) - 1  # the full-context run is not a claims run
+  assert len(back) == len(runs)  # the full-context baseline included
   want, got = out['cells'], claims.cells(back)
   assert list(got) == list(want)
   for key in want:
@@ -201,7 +234,10 @@ def test_a_bad_ledger_row_is_an_error_naming_line_and_field(tmp_path):
   check({'best_em': '87.5'}, r"line 3, field 'best_em': 87.5 is outside \[0, 1\]")
   check({'seed': ''}, r"line 3, field 'seed': empty")
   check({'K': 'two'}, r"line 3, field 'K': 'two' is not an integer")
-  check({'method': 'full_context'}, r"line 3, field 'method': 'full_context'; allowed")
+  check({'method': 'armt'}, r"line 3, field 'method': 'armt'; allowed")
+  check({'method': 'full_context'}, r"line 3, field 'label': 'RMT x2' does not match .*'Full context'")
+  check({'backbone': 'Mamba 2'}, r"line 3, field 'backbone': 'Mamba 2' is not a backbone")
+  check({'K': ''}, r"line 3, field 'K': empty")  # only a full-context row goes without one
   check({'rmt_update': 'add'}, r"line 3, field 'rmt_update': 'add'; allowed")
   check({'grad_mode': 'zeroth'}, r"line 2, field 'grad_mode': 'zeroth'; allowed: \('second'",
         row=0)
@@ -338,7 +374,8 @@ def test_still_to_run_lists_the_points_without_a_run():
             for m, k, extra in (('gradmem', 1, {}), ('rmt', 1, {'memory.rmt_update': 'replace'}),
                                 ('gradmem', 1, {'grad_mode': 'first'}),
                                 ('rmt', 2, {'memory.rmt_update': 'residual'}))]
-  points.append(dict(n_pairs=2, method='full_context', seed=0))  # not a claims method: ignored
+  points.append(dict(n_pairs=2, method='full_context', seed=0))  # a baseline row; _runs() has it
+  points.append(dict(n_pairs=2, method='armt', seed=0))  # not a method of the report: ignored
   # _runs() has every K=1 setting at N=2 and 4 over 3 seeds except first order at N=4; RMT x1's
   # seed 1 at N=2 is taken out
   runs = [r for r in _runs() if (r['method'], r.get('K'), r['n_pairs'], r.get('seed')) != (
@@ -349,7 +386,7 @@ def test_still_to_run_lists_the_points_without_a_run():
                                    (('RMT x2 residual', 4), [0, 1, 2]),
                                    (('GradMem K=1 first-order', 4), [0, 1, 2])]
   lines = claims.still_to_run_lines(runs, points, 'sweep.py:x')
-  assert lines[0].startswith('10 of the 24 points of `sweep.py:x` have no run here')
+  assert lines[0].startswith('10 of the 25 points of `sweep.py:x` have no run here')
   assert '- RMT x1, N=2: seed 1' in lines
   assert '- RMT x2 residual, N=2: seeds 0, 1, 2' in lines
   done = [p for p in points if p.get('K') == 1 and p.get('grad_mode') != 'first' or
