@@ -337,11 +337,16 @@ def k_extrapolation_table(cs: 'OrderedDict[tuple, dict]') -> Optional[str]:
   return '\n'.join(lines)
 
 
-def _save(plt, fig, axes, path: str, grid_axis: str = 'both', legend_size: int = 7) -> bool:
-  """Grid and legend on each of `axes` (one Axes or several), then the file."""
+def _save(plt, fig, axes, path: str, grid_axis: str = 'both', legend_size: int = 7,
+          legend_outside: bool = False) -> bool:
+  """Grid and legend on each of `axes` (one Axes or several; the legend to the right of the plot
+  with `legend_outside`, where it would hide points), then the file."""
   for ax in np.atleast_1d(axes):
     ax.grid(alpha=0.3, axis=grid_axis)
-    ax.legend(fontsize=legend_size)
+    if legend_outside:
+      ax.legend(fontsize=legend_size, loc='center left', bbox_to_anchor=(1.02, 0.5))
+    else:
+      ax.legend(fontsize=legend_size)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -352,7 +357,7 @@ def plot_em_vs_n(cs, path: str) -> bool:
   if not cs:
     return False
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  fig, ax = plt.subplots(figsize=(8.2, 4.2))
   for lab in OrderedDict.fromkeys(l for l, _ in cs):
     pts = sorted((n, c) for (l, n), c in cs.items() if l == lab)
     ns = [n for n, _ in pts]
@@ -368,7 +373,7 @@ def plot_em_vs_n(cs, path: str) -> bool:
          title='KV retrieval: EM vs N (mean ± std over seeds; hollow: one seed)')
   ax.set_xticks(sorted({n for _, n in cs}), [str(n) for n in sorted({n for _, n in cs})])
   ax.set_xticks([], minor=True)  # only the N that ran are labelled (no '3x10^0' minor labels)
-  return _save(plt, fig, ax, path)
+  return _save(plt, fig, ax, path, legend_outside=True)
 
 
 def plot_em_vs_k_eval(cs, path: str) -> bool:
