@@ -178,3 +178,17 @@ def test_runner_trains_every_method_on_mamba(tmp_path, preset):
     assert results['memory_floats'] == 1 * 32 * (16 + 3)
   with open(os.path.join(tmp_path, 'config.json')) as f:
     assert json.load(f)['model']['kind'] == 'mamba'
+
+
+@pytest.mark.parametrize('runtime', [dict(scan_layers=True), dict(remat='full'),
+                                     dict(scan_layers=True, remat='dots')])
+def test_scanned_and_rematerialised_layers_give_the_loop(runtime):
+  loop = backbone_from_config(dict(TINY_MAMBA, num_layers=3))
+  other = backbone_from_config(dict(TINY_MAMBA, num_layers=3, **runtime))
+  params = loop.init(jax.random.PRNGKey(0))
+  embeds = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 16))
+  f = lambda bb: (lambda p: jnp.sum(jnp.tanh(bb.hidden(p, embeds, jnp.arange(7)))))
+  np.testing.assert_allclose(f(other)(params), f(loop)(params), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(f(other))(params)),
+                  jax.tree_util.tree_leaves(jax.grad(f(loop))(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
