@@ -331,12 +331,13 @@ def test_claims_sweep_curriculum_in_n():
     assert p['lr'] == claims_cfg.TUNED['gradmem']['lr']
   assert tfo.base == full.base and not tfo.init_from and tfo.name != full.name
   sweeps.validate_points('configs/kv_retrieval.py', tfo)
-  # The full-context baselines: a transformer and a Mamba per N and seed, no curriculum.
+  # The full-context baselines: a transformer and a Mamba per N and seed, the same curriculum.
   bl = sweeps.load_sweep(os.path.join(ROOT, 'configs/sweeps/claims.py:baselines'))
   assert [(p['n_pairs'], p.get('preset'), p['seed']) for p in bl.points] == [
-      (n, pre, seed) for seed in (0, 1, 2) for n in (2, 4, 8) for pre in (None, 'mamba')]
+      (n, pre, seed) for seed in (0, 1, 2) for pre in (None, 'mamba') for n in (2, 4, 8)]
   assert all(p['method'] == 'full_context' for p in bl.points)
-  assert bl.base == full.base and not bl.init_from and bl.name != full.name
+  assert bl.init_from[sweeps.slug(bl.points[4])] == sweeps.slug(bl.points[3])  # Mamba 4 <- 2
+  assert len(bl.init_from) == 12 and bl.base == full.base and bl.name != full.name
   sweeps.validate_points('configs/kv_retrieval.py', bl)
   # RMT runs with the projection its forward writer needs on the CPU model; the paper variant
   # keeps the paper's recipe (nothing CPU-tuned on top of paper_n16).
