@@ -88,7 +88,8 @@ def test_scans_agree_in_value_gradient_and_second_derivative(x64):
   loop = np.zeros((2, 3, 4))
   for t in range(9):  # the recurrence written out
     loop = np.asarray(decay[:, t]) * loop + np.asarray(inp[:, t])
-    np.testing.assert_allclose(mamba.selective_scan(decay, inp)[:, t], loop, rtol=1e-12)
+    for impl in mamba.SCAN_IMPLS:
+      np.testing.assert_allclose(mamba.selective_scan(decay, inp, impl)[:, t], loop, rtol=1e-12)
   v = jnp.asarray(rng.standard_normal(decay.shape))
   for fn in (lambda g: g, jax.grad,
              lambda g: (lambda a, b: jax.jvp(lambda x: jax.grad(g)(x, b), (a,), (v,))[1])):

@@ -14,7 +14,9 @@ other family (memory vectors are the first inputs of the sequence).
 
 Positions are not used (the recurrence orders the tokens). Right padding needs no mask: a real
 token never sees a later one. Everything is plain XLA (the scan is `lax.associative_scan` or a
-`lax.scan`), so the second-order meta-gradient goes through it. Parameter names follow the
+`lax.scan`), so the second-order meta-gradient goes through it. The scan materialises the
+[B, T, d_inner, state] tensors (no fused kernel), so a Mamba step moves far more bytes than its
+FLOPs suggest (WORKSPACE section 7). Parameter names follow the
 Hugging Face Mamba checkpoints (`MambaForCausalLM`; name table at the end of this file).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from gradmem_jax.models import base, common, hf
 
 Array = jax.Array
 
-SCAN_IMPLS = ('associative', 'sequential')
+SCAN_IMPLS = ('sequential', 'associative')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +55,10 @@ class MambaConfig:
   time_step_max: float = 0.1
   time_step_floor: float = 1e-4
   time_step_scale: float = 1.0    # dt_proj weights at init: U(+-scale / sqrt(rank))
-  scan_impl: str = 'associative'  # 'associative' (log-depth, lax.associative_scan) | 'sequential'
-                                  # (lax.scan over time): the same recurrence
+  scan_impl: str = 'sequential'   # 'sequential' (lax.scan over time) | 'associative' (log depth,
+                                  # lax.associative_scan): the same recurrence. On CPU sequential
+                                  # ran GradMem's K=2 step 1.5x faster in 0.8x the memory
+                                  # (WORKSPACE section 7); associative is not measured on a GPU
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat: str = 'none'
@@ -91,7 +95,7 @@ def _fan_in_uniform(key, shape, dtype=jnp.float32):
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def selective_scan(decay: Array, inp: Array, impl: str = 'associative') -> Array:
+def selective_scan(decay: Array, inp: Array, impl: str = 'sequential') -> Array:
   """All states of h_t = decay_t * h_{t-1} + inp_t, h_{-1} = 0, along axis 1 ([B, T, ...])."""
   if impl == 'sequential':
     def step(h, xs):
