@@ -23,9 +23,15 @@ def task_section(name: str, **changes) -> ml_collections.ConfigDict:
 
 
 def update_model(c, **fields) -> None:
-  """Sets the size fields a preset names on whichever family `config.model` holds: those the
-  family has (a Mamba has no heads or MLP width; presets state sizes for every family)."""
-  c.model.update({k: v for k, v in fields.items() if k in c.model})
+  """Sets the size fields a preset names on whichever family `config.model` holds: those its
+  config class has (a Mamba has no heads or MLP width; presets state sizes for every family).
+  A field no family has is an error."""
+  known = {f for n in FAMILIES for f in config_lib.dataclass_defaults(FAMILIES.get(n).config_cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'{unknown[0]!r} is a field of no backbone family')
+  mine = config_lib.dataclass_defaults(FAMILIES.get(c.model.get('kind', 'llama')).config_cls)
+  c.model.update({k: v for k, v in fields.items() if k in mine})
 
 
 def tiny_model(c, num_memory: int = 2):
@@ -72,11 +78,18 @@ def first_order(c):
 METHOD_PRESETS = {'rmt': rmt, 'full_context': full_context, 'first_order': first_order}
 
 
+# Sizes of a transformer that a task or preset states and a Mamba has no use for.
+TRANSFORMER_SIZES = ('intermediate_size', 'num_heads', 'num_kv_heads', 'head_dim', 'max_positions')
+
+
 def mamba(c):
   """The backbone as a Mamba (models/mamba.py) of the same width and depth, vocabulary and dtypes,
   under whatever method the config runs. The paper's Mamba baseline is `mamba,full_context`: the
   context read through the recurrent state. Presets that size the model (tiny, paper_nN) may
-  come before or after it."""
+  come before or after it; one that set anything else of the old model (paper_rope's RoPE, a
+  checkpoint from smollm2) must not come before it: that is an error, never dropped. (Overrides
+  apply after every preset, so a Mamba checkpoint can still be named with
+  `model.hf_checkpoint=DIR`.)"""
   for f in ('pretrained', 'hf_checkpoint'):
     if c.model.get(f):
       raise ValueError(f'preset mamba builds a Mamba from scratch, but model.{f}='
@@ -84,6 +97,13 @@ def mamba(c):
   keep = ('vocab_size', 'hidden_size', 'num_layers', 'dtype', 'param_dtype', 'remat',
           'scan_layers')
   had = dict(c.model)
+  defaults = config_lib.dataclass_defaults(FAMILIES.get(had.get('kind', 'llama')).config_cls)
+  lost = [k for k, v in had.items() if k in defaults and k not in keep + TRANSFORMER_SIZES
+          and (v or None) != (defaults[k] or None)]
+  if lost:
+    raise ValueError(f'preset mamba would drop {", ".join("model." + k for k in sorted(lost))}, '
+                     f'set for the {had.get("kind", "llama")} model by an earlier preset (a Mamba '
+                     'has no such field): apply mamba first, or leave that preset out')
   c.model = model_section('mamba', **{k: had[k] for k in keep if k in had})
   if 'hf_checkpoint' in had:  # a task that can start from a local checkpoint keeps the field
     c.model.hf_checkpoint = ''

@@ -44,7 +44,7 @@ def table_rows(runs, order, fields):
   """One row per run, in the order of --methods: its method fields, then the outcome."""
   rows = []
   for r in runs:
-    row = {f: r.get(f) for f in fields}
+    row = {f: report.identity_value(r, f) for f in fields}
     row.update(memory_floats=r['memory_floats'], em=r['best'].get('em'),
                token_acc=r['best'].get('token_acc'), steps=r['steps'],
                wall_time_min=r['wall_time_s'] / 60,

@@ -90,7 +90,8 @@ class GradMemModel:
     """A ready model on a pretrained backbone: `name_or_path` is a name ('smollm2-135m'), a .gguf
     file or a local Hugging Face directory; its own tokenizer is used. `overrides` are
     `config.memory` fields (num_memory, K, inner_lr, lora_rank, ...; MemoryConfig's defaults
-    otherwise) and the model's runtime fields (dtype, param_dtype, remat; Llama's attn_q_block). The memory parameters
+    otherwise) and the model's runtime fields (dtype, param_dtype, remat; each family's own, e.g.
+    Llama's attn_q_block and scan_layers, Mamba's scan_impl). The memory parameters
     are freshly initialised from the backbone (not meta-trained)."""
     mem_fields = set(dataclass_defaults(MemoryConfig))
     runtime_fields = pretrained.runtime_fields()

@@ -67,16 +67,16 @@ def label(run: dict) -> Optional[str]:
   """'GradMem K=2', 'GradMem K=1 first-order', 'RMT x5' (+ ' residual'), the full-context
   baselines 'Full context' (the transformer) and 'Mamba (full context)', or None (another
   method: not part of the claims). On a backbone other than the default Llama-style decoder a
-  memory method's label says so: 'GradMem K=1 (Mamba)'."""
+  memory method's label says so, after its K: 'GradMem K=1 (Mamba) first-order'."""
   method, k = run.get('method'), run.get('K')
   backbone = run.get('backbone') or 'llama'
   name = BACKBONE_NAMES.get(backbone, backbone)
   on = '' if backbone == 'llama' else f' ({name})'
   if method == 'gradmem':
     mode = run.get('grad_mode', 'second')
-    return f'GradMem K={k}' + ('' if mode == 'second' else f' {mode}-order') + on
+    return f'GradMem K={k}{on}' + ('' if mode == 'second' else f' {mode}-order')
   if method == 'rmt':
-    return f'RMT x{k}' + (' residual' if run.get('rmt_update') == 'residual' else '') + on
+    return f'RMT x{k}{on}' + (' residual' if run.get('rmt_update') == 'residual' else '')
   if method == 'full_context':
     return 'Full context' if backbone == 'llama' else f'{name} ({FULL_CONTEXT})'
   return None
@@ -198,8 +198,8 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
     steps = [float(m['steps']) for m in members if m.get('steps') is not None]
     verdicts = [convergence(m) for m in members]
     kx: dict = {}
-    for m in members:
-      for row in m.get('k_extrapolation') or ():
+    for m in members:  # a full-context baseline has no WRITE steps to extrapolate
+      for row in (() if is_baseline(key[0]) else m.get('k_extrapolation') or ()):
         kx.setdefault(int(row['K_eval']), []).append(float(row['em']))
     out[key] = {'em_mean': float(np.mean(ems)),
                 'em_std': float(np.std(ems)) if len(ems) > 1 else None,
@@ -210,7 +210,7 @@ def cells(runs: Sequence[dict]) -> 'OrderedDict[tuple, dict]':
                 'minutes': (float(np.mean(walls)) / 60 if walls else None),
                 'timed': len(walls),
                 'k_extrapolation': {k: float(np.mean(v)) for k, v in sorted(kx.items())},
-                'kx_seeds': sum(1 for m in members if m.get('k_extrapolation')),
+                'kx_seeds': sum(1 for m in members if m.get('k_extrapolation')) if kx else 0,
                 'rising': sum(v == 'rising' for v in verdicts),
                 'rising_seeds': sorted(int(m.get('seed', 0)) for m, v in zip(members, verdicts)
                                        if v == 'rising'),
@@ -633,6 +633,11 @@ def _read_ledger(path: str) -> list[dict]:
         if upd not in RMT_UPDATES:
           raise ValueError(f"{where}, field 'rmt_update': {upd!r}; allowed: {RMT_UPDATES}")
         r['rmt_update'] = upd
+      else:  # full context: no WRITE, so no gradient mode or RMT update
+        for f in ('grad_mode', 'rmt_update'):
+          if (row.get(f) or '').strip():
+            raise ValueError(f"{where}, field {f!r}: {row[f].strip()!r} given for a "
+                             "full-context run, which has none; leave it blank")
       kx_text = (row['k_extrapolation'] or '').strip()
       if kx_text:
         try:

@@ -22,6 +22,17 @@ METRICS = ('em', 'token_acc', 'target_loss')
 PERCENT = ('em', 'token_acc', 'gen_em', 'gen_f1')
 
 
+# An identity field that a run leaves out when it has its default value: a run on the default
+# Llama-style decoder names no backbone (and runs from before the field existed have none).
+IDENTITY_DEFAULTS = {'backbone': 'llama'}
+
+
+def identity_value(run: dict, field: str):
+  """A run's value of an identity field, its default where the run leaves the field out."""
+  v = run.get(field)
+  return IDENTITY_DEFAULTS.get(field) if v is None else v
+
+
 def identity_fields(runs: Sequence[dict]) -> list[str]:
   """The union of the runs' identity fields, in first-seen order."""
   out: list[str] = []
@@ -56,12 +67,13 @@ def aggregate(runs: Sequence[dict], which: str = 'best') -> list[dict]:
   groups: 'OrderedDict[tuple, list]' = OrderedDict()
   for r in runs:
     ov = {k: v for k, v in r.get('overrides', {}).items() if k != 'seed'}
-    key = tuple((f, r.get(f)) for f in fields) + tuple(sorted((k, str(v)) for k, v in ov.items()))
+    key = tuple((f, identity_value(r, f)) for f in fields) + tuple(
+        sorted((k, str(v)) for k, v in ov.items()))
     groups.setdefault(key, []).append(r)
   rows = []
   for members in groups.values():
     first = members[0]
-    row = {f: first.get(f) for f in fields}
+    row = {f: identity_value(first, f) for f in fields}
     row['identity_fields'] = fields
     row['memory_floats'] = first.get('memory_floats')
     row['write_flops_per_sample'] = first.get('write_flops_per_sample')

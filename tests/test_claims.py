@@ -118,10 +118,18 @@ def test_the_full_context_baselines_beside_the_claims(tmp_path):
        'wall_time_s': 60.0, 'best': {'em': em}}, **({'backbone': backbone} if backbone else {}))
   runs = [_run('gradmem', 1, 4, 0, 0.6), fc(4, 0, 0.99), fc(4, 1, 0.97),
           fc(4, 0, 0.80, 'mamba'), fc(4, 1, 0.70, 'mamba'), fc(8, 0, 0.4, 'mamba'),
-          dict(_run('gradmem', 1, 4, 0, 0.3), backbone='mamba')]
+          dict(_run('gradmem', 1, 4, 0, 0.3), backbone='mamba'),
+          dict(_run('gradmem', 1, 4, 0, 0.1, grad_mode='first'), backbone='mamba')]
+  # An evaluation at K_eval of a full-context run (a sweep's --K_eval=2 makes one) is no
+  # extrapolation: the baseline has no WRITE steps.
+  runs[1]['k_extrapolation'] = [{'K_eval': 2, 'em': 0.99}]
   cs = claims.cells(runs)
   assert list(cs) == [('GradMem K=1', 4), ('GradMem K=1 (Mamba)', 4),
+                      ('GradMem K=1 (Mamba) first-order', 4),
                       ('Full context', 4), ('Mamba (full context)', 4), ('Mamba (full context)', 8)]
+  assert cs[('Full context', 4)]['k_extrapolation'] == {} and not claims.k_extrapolation_table(cs)
+  # The Mamba's second and first order pair up in claim 3's figure.
+  assert claims.plot_orders(cs, str(tmp_path / 'orders.png'))
   assert cs[('Mamba (full context)', 4)]['em_mean'] == pytest.approx(0.75)
   out = claims.make_claims_report(runs, str(tmp_path))
   assert '| Full context | 98.0 ± 1.0 (2 seeds, 500 steps, 1.0 min) | - | 4: 100, 8: 100 |' in \
@@ -131,7 +139,7 @@ def test_the_full_context_baselines_beside_the_claims(tmp_path):
   back = claims.read_ledger(str(tmp_path / 'runs.csv'))
   assert claims.cells(back).keys() == cs.keys()
   rows = list(csv.DictReader(open(tmp_path / 'runs.csv')))
-  assert [(r['label'], r['K'], r['backbone']) for r in rows][2:4] == [
+  assert [(r['label'], r['K'], r['backbone']) for r in rows][3:5] == [
       ('Full context', '', ''), ('Full context', '', '')]
   # A sweep point's label: the backbone from model.kind or the preset that swaps it.
   assert claims.point_label({'n_pairs': 2, 'preset': 'mamba', 'method': 'full_context'}) == \
@@ -235,7 +243,10 @@ def test_a_bad_ledger_row_is_an_error_naming_line_and_field(tmp_path):
   check({'seed': ''}, r"line 3, field 'seed': empty")
   check({'K': 'two'}, r"line 3, field 'K': 'two' is not an integer")
   check({'method': 'armt'}, r"line 3, field 'method': 'armt'; allowed")
-  check({'method': 'full_context'}, r"line 3, field 'label': 'RMT x2' does not match .*'Full context'")
+  check({'method': 'full_context', 'rmt_update': ''},
+        r"line 3, field 'label': 'RMT x2' does not match .*'Full context'")
+  check({'method': 'full_context', 'label': 'Full context'},
+        r"line 3, field 'rmt_update': 'replace' given for a full-context run")
   check({'backbone': 'Mamba 2'}, r"line 3, field 'backbone': 'Mamba 2' is not a backbone")
   check({'K': ''}, r"line 3, field 'K': empty")  # only a full-context row goes without one
   check({'rmt_update': 'add'}, r"line 3, field 'rmt_update': 'add'; allowed")

@@ -620,7 +620,7 @@ def test_bad_model_config_errors():
   with pytest.raises(ValueError, match='model.num_kv_heads'):
     backbone_from_config(dict(kind='llama', num_heads=4, num_kv_heads=3))
   with pytest.raises(ValueError, match='model.kind'):
-    backbone_from_config(dict(kind='mamba'))
+    backbone_from_config(dict(kind='rwkv'))
   with pytest.raises(ValueError, match='model.hidden_sise'):
     backbone_from_config(dict(kind='llama', hidden_sise=3))
 

@@ -179,7 +179,10 @@ def test_a_preset_written_as_key_value_applies_in_order():
   assert kv_retrieval.get_config('tiny,preset=mamba').to_dict() == \
       kv_retrieval.get_config('tiny,mamba').to_dict()
   c = kv_retrieval.get_config('preset=paper_n16,preset=rmt,K=3')
-  assert (c.data.n_pairs, c.memory.method, c.memory.K) == (16, 'rmt', 3)
+  assert c.to_dict() == kv_retrieval.get_config('paper_n16,rmt,K=3').to_dict()
+  # In order: rmt after paper_n16 keeps its memory projection (paper_n16 after rmt drops it).
+  assert (c.data.n_pairs, c.memory.method, c.memory.K, c.memory.mem_proj) == (16, 'rmt', 3, 'proj')
+  assert kv_retrieval.get_config('preset=rmt,preset=paper_n16').memory.mem_proj == 'none'
   with pytest.raises(ValueError, match="unknown preset 'nope'"):
     kv_retrieval.get_config('preset=nope')
 

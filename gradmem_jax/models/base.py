@@ -104,7 +104,11 @@ class Backbone:
     """Floats the decoder holds after reading `context_len` tokens (full-context baseline)."""
     if self.family.context_floats is not None:
       return self.family.context_floats(self.cfg, context_len)
-    return 2 * self.num_layers * context_len * self.hidden_size
+    # A KV cache: keys and values of every layer, for the key/value heads (grouped-query
+    # attention keeps fewer than the query heads).
+    kv = getattr(self.cfg, 'num_kv_heads', None) or getattr(self.cfg, 'num_heads', None)
+    width = kv * self.cfg.dh if kv and hasattr(self.cfg, 'dh') else self.hidden_size
+    return 2 * self.num_layers * context_len * width
 
   def output_embedding(self, params: Params) -> Array:
     """The output projection as [d, vocab] (initial value of a write head)."""

@@ -1,7 +1,8 @@
 """Loading Hugging Face checkpoints (config.json + *.safetensors) into our Flax decoders.
 
-`model_config_from_hf` turns a Hugging Face `config.json` (model_type 'llama' or 'gpt2') into our
-`config.model` dict through the family registered for that model_type (`models.base.HFSpec`);
+`model_config_from_hf` turns a Hugging Face `config.json` (model_type 'llama', 'gpt2', 'mamba',
+...) into our `config.model` dict through the family registered for that model_type
+(`models.base.HFSpec`);
 `load_hf_params` reads the safetensors weights into the parameter tree that
 `Backbone.init` produces (transposing torch Linear weights where needed) and checks that every
 parameter is present with the right shape and that no tensor is left over; `load_hf_checkpoint`

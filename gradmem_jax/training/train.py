@@ -385,7 +385,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   final_eval = evaluate_all(evaluators, state['params'], eval_K)
   results = {
       **exp.identity(), 'identity_fields': list(exp.identity()),
-      'method_fields': list(exp.method.identity()),
+      'method_fields': [f for f in exp.identity() if f not in exp.task.identity()],
       'task_summary': exp.task.summary, 'memory_floats': exp.memory_floats,
       'steps': step, 'stop_reason': stop_reason,
       'wall_time_s': elapsed_before + session_s,
