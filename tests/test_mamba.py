@@ -184,7 +184,8 @@ def test_presets_swap_the_backbone_in_either_order():
   assert babi.get_config('smollm2,tiny').model.hidden_size == 16
   with pytest.raises(ValueError, match=r'model\.rope_(theta|scaling) is not a mamba model option'):
     kv_retrieval.get_config('mamba,paper_rope')
-  with pytest.raises(ValueError, match=r'preset mamba would drop model\.rope_scaling, model\.rope_theta, set for'):
+  with pytest.raises(ValueError,
+                     match=r'preset mamba would drop model\.rope_scaling, model\.rope_theta, set'):
     kv_retrieval.get_config('paper_rope,mamba')
   with pytest.raises(ValueError, match=r"'num_head' is a field of no backbone family"):
     common.update_model(kv_retrieval.get_config('tiny'), num_head=3)
@@ -218,3 +219,20 @@ def test_scanned_and_rematerialised_layers_give_the_loop(runtime):
   for a, b in zip(jax.tree_util.tree_leaves(jax.grad(f(other))(params)),
                   jax.tree_util.tree_leaves(jax.grad(f(loop))(params))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_reports_tell_the_backbones_apart():
+  """A run on the default decoder names no backbone; next to a Mamba run it reads as llama, in
+  report groups and columns and in experiments.compare's table."""
+  from experiments import compare
+  from gradmem_jax import report
+  base = {'task': 'kv', 'n_pairs': 2, 'method': 'full_context', 'memory_floats': 1, 'slug': 'x',
+          'best': {'em': 0.9, 'token_acc': 0.9}, 'steps': 10, 'wall_time_s': 60.0, 'seed': 0}
+  old = dict(base, identity_fields=['task', 'n_pairs', 'method'])
+  new = dict(base, backbone='mamba', identity_fields=['task', 'n_pairs', 'backbone', 'method'])
+  rows = report.aggregate([old, new])
+  assert [r['backbone'] for r in rows] == ['llama', 'mamba']
+  assert report.columns_for(rows)[0] == 'backbone'
+  table = compare.table_rows([old, new], {}, ['backbone', 'method'])
+  assert [(r['backbone'], r['method']) for r in table] == [('llama', 'full_context'),
+                                                           ('mamba', 'full_context')]

@@ -198,5 +198,5 @@ def get_sweep(arg=None):
     return _claims('claims_paper', [4, 8, 16, 32, 64], [0, 1, 2], 'paper_n16',
                    'KV claims, paper model and recipe, curriculum in N', methods=PAPER_METHODS)
   raise ValueError(f'unknown variant {variant!r}; allowed: tune, cpu, cpu_seed0, k1_seeds, '
-                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, tune_first_order, baselines, depth, '
-                   'paper')
+                   'k2_seeds, k5_seed0, k5_seeds, equal_budget, tune_first_order, baselines, '
+                   'depth, paper')

@@ -62,7 +62,8 @@ class MambaConfig:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat: str = 'none'
-  scan_layers: bool = False       # the blocks as one lax.scan over stacked weights (common.scan_blocks)
+  scan_layers: bool = False       # the blocks as one lax.scan over stacked weights
+                                  # (common.scan_blocks)
 
   RUNTIME_FIELDS: ClassVar[tuple] = ('scan_impl', 'scan_layers')
 
