@@ -16,7 +16,8 @@ is only "ahead" / "behind": no spread, no verdict. The paper's numbers stand bes
 The paper's full-context baselines, the transformer reading the whole context and Mamba reading it
 through its recurrent state (`claims.py:baselines`), are rows of the table and lines of the
 figure when their runs are given (e.g. `--sweep_dir=runs/claims_cpu,runs/claims_baselines`): the
-upper bounds the memory methods are measured against. They enter no claim.
+paper's upper bounds (on the small CPU model and budget they need not be one). They enter no
+claim.
 """
 from __future__ import annotations
 
