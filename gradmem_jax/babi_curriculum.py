@@ -24,7 +24,7 @@ def label(overrides: dict) -> str:
   name = claims.label({'method': method, 'K': overrides.get('K', 1),
                        'grad_mode': overrides.get('grad_mode', 'second'),
                        'rmt_update': overrides.get('memory.rmt_update')})
-  if name is None:
+  if name is None or method == 'full_context':  # its committed tables say 'full context'
     return method.replace('_', ' ')
   proj = overrides.get('memory.mem_proj', overrides.get('mem_proj'))
   return name + (' + projection' if method == 'rmt' and proj == 'proj' else '')
