@@ -5,7 +5,7 @@ import ml_collections
 
 from gradmem_jax import config_lib
 from gradmem_jax.data import TASKS
-from gradmem_jax.models import FAMILIES
+from gradmem_jax.models.base import DEFAULT_KIND, FAMILIES
 
 
 def model_section(kind: str, **changes) -> ml_collections.ConfigDict:
@@ -22,15 +22,20 @@ def task_section(name: str, **changes) -> ml_collections.ConfigDict:
   return c
 
 
+def family_defaults(kind: str) -> dict:
+  """{field: default} of a backbone family's config class."""
+  return config_lib.dataclass_defaults(FAMILIES.get(kind).config_cls)
+
+
 def update_model(c, **fields) -> None:
   """Sets the size fields a preset names on whichever family `config.model` holds: those its
   config class has (a Mamba has no heads or MLP width; presets state sizes for every family).
   A field no family has is an error."""
-  known = {f for n in FAMILIES for f in config_lib.dataclass_defaults(FAMILIES.get(n).config_cls)}
+  known = {f for kind in FAMILIES for f in family_defaults(kind)}
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(f'{unknown[0]!r} is a field of no backbone family')
-  mine = config_lib.dataclass_defaults(FAMILIES.get(c.model.get('kind', 'llama')).config_cls)
+  mine = family_defaults(c.model.get('kind', DEFAULT_KIND))
   c.model.update({k: v for k, v in fields.items() if k in mine})
 
 
@@ -97,12 +102,13 @@ def mamba(c):
   keep = ('vocab_size', 'hidden_size', 'num_layers', 'dtype', 'param_dtype', 'remat',
           'scan_layers')
   had = dict(c.model)
-  defaults = config_lib.dataclass_defaults(FAMILIES.get(had.get('kind', 'llama')).config_cls)
+  kind = had.get('kind', DEFAULT_KIND)
+  defaults = family_defaults(kind)
   lost = [k for k, v in had.items() if k in defaults and k not in keep + TRANSFORMER_SIZES
           and (v or None) != (defaults[k] or None)]
   if lost:
     raise ValueError(f'preset mamba would drop {", ".join("model." + k for k in sorted(lost))}, '
-                     f'set for the {had.get("kind", "llama")} model by an earlier preset (a Mamba '
+                     f'set for the {kind} model by an earlier preset (a Mamba '
                      'has no such field): apply mamba first, or leave that preset out')
   c.model = model_section('mamba', **{k: had[k] for k in keep if k in had})
   if 'hf_checkpoint' in had:  # a task that can start from a local checkpoint keeps the field

@@ -33,7 +33,7 @@ import numpy as np
 
 from gradmem_jax import sweeps
 from gradmem_jax.metrics_rows import parse_row
-from gradmem_jax.report import _pyplot
+from gradmem_jax.report import DEFAULT_BACKBONE, _pyplot, identity_value
 
 # SPEC §6: EM (%) of the 4-layer 128-d models, 3 seeds; (label, N) -> EM.
 PAPER = {
@@ -70,16 +70,17 @@ def label(run: dict) -> Optional[str]:
   method: not part of the claims). On a backbone other than the default Llama-style decoder a
   memory method's label says so, after its K: 'GradMem K=1 (Mamba) first-order'."""
   method, k = run.get('method'), run.get('K')
-  backbone = run.get('backbone') or 'llama'
+  backbone = identity_value(run, 'backbone')
+  default = backbone == DEFAULT_BACKBONE
   name = BACKBONE_NAMES.get(backbone, backbone)
-  on = '' if backbone == 'llama' else f' ({name})'
+  on = '' if default else f' ({name})'
   if method == 'gradmem':
     mode = run.get('grad_mode', 'second')
     return f'GradMem K={k}{on}' + ('' if mode == 'second' else f' {mode}-order')
   if method == 'rmt':
     return f'RMT x{k}{on}' + (' residual' if run.get('rmt_update') == 'residual' else '')
   if method == 'full_context':
-    return 'Full context' if backbone == 'llama' else f'{name} ({FULL_CONTEXT})'
+    return 'Full context' if default else f'{name} ({FULL_CONTEXT})'
   return None
 
 
@@ -547,7 +548,7 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'stop_reason': r.get('stop_reason') or '',
         'em_curve': (json.dumps([[int(s), round(float(e), 6)] for s, e in r['em_curve']],
                                 separators=(',', ':')) if r.get('em_curve') else ''),
-        'backbone': '' if (r.get('backbone') or 'llama') == 'llama' else r['backbone']})
+        'backbone': '' if identity_value(r, 'backbone') == DEFAULT_BACKBONE else r['backbone']})
   rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
   return rows
 

@@ -198,6 +198,9 @@ def test_the_ledger_keeps_every_method_setting_and_missing_fields(tmp_path):
   from gradmem_jax.memory import config as memory_config
   assert claims.GRAD_MODES == memory_config.GRAD_MODES
   assert claims.RMT_UPDATES == memory_config.RMT_UPDATES
+  from gradmem_jax import report
+  from gradmem_jax.models import base
+  assert report.DEFAULT_BACKBONE == base.DEFAULT_KIND
   runs = [_run('gradmem', 2, 2, 0, 0.5, grad_mode='none'), _run('rmt', 1, 2, 0, 0.2,
                                                                 rmt_update='residual')]
   runs[0]['steps'] = None  # a hand-written row without its steps

@@ -45,6 +45,7 @@ class Family:
 
 
 FAMILIES: Registry[Family] = Registry('backbone family', 'model.kind')
+DEFAULT_KIND = 'llama'  # the family of a config.model without a kind
 
 
 def register_family(family: Family) -> Family:
@@ -118,7 +119,7 @@ class Backbone:
 def backbone_from_config(model_cfg) -> Backbone:
   """Builds a Backbone from the `config.model` section (an ml_collections.ConfigDict or dict)."""
   m = dict(model_cfg)
-  kind = m.pop('kind', 'llama')
+  kind = m.pop('kind', DEFAULT_KIND)
   m.pop('hf_checkpoint', None)
   m.pop('pretrained', None)
   family = FAMILIES.get(kind)

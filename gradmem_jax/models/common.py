@@ -48,6 +48,11 @@ def get_remat_policy(name: str, field: str = 'remat') -> tuple[bool, Any]:
   return name != 'none', REMAT_POLICIES[name]
 
 
+def dtypes(cfg) -> tuple[Any, Any]:
+  """(compute dtype, parameter dtype) of a model config (its `dtype` and `param_dtype`)."""
+  return get_dtype(cfg.dtype), get_dtype(cfg.param_dtype)
+
+
 def at_least_f32(x: Array) -> Array:
   """Upcasts half precision to float32; keeps float32/float64 (tests run in float64)."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -97,8 +102,9 @@ def scan_blocks(cfg, layers: list, block: nn.Module, x: Array, *args,
 
 def embedding(cfg, num: int, std: float) -> nn.Embed:
   """A [num, hidden_size] embedding table in the config's dtypes, initialised N(0, std)."""
-  return nn.Embed(num, cfg.hidden_size, dtype=get_dtype(cfg.dtype),
-                  param_dtype=get_dtype(cfg.param_dtype), embedding_init=normal_init(std))
+  dtype, pdtype = dtypes(cfg)
+  return nn.Embed(num, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
+                  embedding_init=normal_init(std))
 
 
 def normal_init(std: float):
@@ -117,6 +123,12 @@ class RMSNorm(nn.Module):
     x32 = at_least_f32(x)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * scale.astype(x32.dtype)).astype(jnp.promote_types(self.dtype, x.dtype))
+
+
+def rms_norm(cfg, name: Optional[str] = None) -> RMSNorm:
+  """An RMSNorm with the config's `rms_eps` and dtypes."""
+  dtype, pdtype = dtypes(cfg)
+  return RMSNorm(cfg.rms_eps, dtype, pdtype, name=name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class GPT2Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
+    dtype, pdtype = common.dtypes(cfg)
     init = common.normal_init(cfg.init_std)
     # GPT-2 scales the residual output projections by 1/sqrt(2 * layers) at init.
     proj_init = common.normal_init(cfg.init_std / math.sqrt(2 * cfg.num_layers))
@@ -96,7 +96,7 @@ class GPT2Decoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
+    dtype, pdtype = common.dtypes(cfg)
     self.wte = common.embedding(cfg, cfg.vocab_size, cfg.init_std)
     self.wpe = common.embedding(cfg, cfg.max_positions, 0.01)
     self.h = common.blocks(GPT2Block, cfg, 'h', static_argnums=(2,))

@@ -130,10 +130,9 @@ class LlamaBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, cos: Array, sin: Array) -> Array:
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
-    h = common.RMSNorm(cfg.rms_eps, dtype, pdtype, name='input_layernorm')(x)
+    h = common.rms_norm(cfg, name='input_layernorm')(x)
     x = x + LlamaAttention(cfg, name='self_attn')(h, cos, sin)
-    h = common.RMSNorm(cfg.rms_eps, dtype, pdtype, name='post_attention_layernorm')(x)
+    h = common.rms_norm(cfg, name='post_attention_layernorm')(x)
     return x + LlamaMLP(cfg, name='mlp')(h)
 
 
@@ -143,10 +142,10 @@ class LlamaDecoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
+    dtype, pdtype = common.dtypes(cfg)
     self.embed_tokens = common.embedding(cfg, cfg.vocab_size, cfg.init_std)
     self.layers = common.blocks(LlamaBlock, cfg, 'layers')
-    self.norm = common.RMSNorm(cfg.rms_eps, dtype, pdtype)
+    self.norm = common.rms_norm(cfg)
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype,
                               kernel_init=common.normal_init(cfg.init_std))

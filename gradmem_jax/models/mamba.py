@@ -146,7 +146,7 @@ class MambaMixer(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
+    dtype, pdtype = common.dtypes(cfg)
     din, n, r = cfg.d_inner, cfg.state_size, cfg.dt_rank
     dense = lambda feats, name, bias=False, **kw: nn.Dense(
         feats, use_bias=bias, dtype=dtype, param_dtype=pdtype,
@@ -192,10 +192,8 @@ class MambaBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
-    h = common.RMSNorm(cfg.rms_eps, dtype=dtype, param_dtype=pdtype, name='norm')(x)
-    return x + MambaMixer(cfg, name='mixer')(h).astype(x.dtype)
+    h = common.rms_norm(self.cfg, name='norm')(x)
+    return x + MambaMixer(self.cfg, name='mixer')(h).astype(x.dtype)
 
 
 class MambaDecoder(nn.Module):
@@ -204,10 +202,9 @@ class MambaDecoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    dtype, pdtype = common.get_dtype(cfg.dtype), common.get_dtype(cfg.param_dtype)
     self.embeddings = common.embedding(cfg, cfg.vocab_size, cfg.init_std)
     self.layers = common.blocks(MambaBlock, cfg, 'layers')
-    self.norm_f = common.RMSNorm(cfg.rms_eps, dtype=dtype, param_dtype=pdtype)
+    self.norm_f = common.rms_norm(cfg)
 
   def embed(self, ids: Array) -> Array:
     return self.embeddings(ids)

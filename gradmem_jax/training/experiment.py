@@ -15,6 +15,7 @@ from gradmem_jax import config_lib
 from gradmem_jax.data import Task, build_task
 from gradmem_jax.memory import MemoryConfig, Method, build_method, memory_config_from
 from gradmem_jax.models import Backbone, backbone_from_config, pretrained
+from gradmem_jax.models.base import DEFAULT_KIND
 from gradmem_jax.training import mesh as mesh_lib
 from gradmem_jax.training.optim import make_optimizer
 
@@ -39,7 +40,7 @@ class Experiment:
   def identity(self) -> dict:
     """What names this run in results and reports: the task's fields, the backbone family when
     it is not the default Llama-style decoder (a Mamba, GPT-2), and the method's fields."""
-    family = {} if self.backbone.kind == 'llama' else {'backbone': self.backbone.kind}
+    family = {} if self.backbone.kind == DEFAULT_KIND else {'backbone': self.backbone.kind}
     return {**self.task.identity(), **family, **self.method.identity()}
 
 
