@@ -79,16 +79,18 @@ def main(argv):
       f.write(md)
     print(md)
     return
-  expect = None
+  expect, progress = None, None
   if _EXPECT.value:
     from gradmem_jax import sweeps  # imports no JAX, as the rest of the report
     try:
       expect = (_EXPECT.value, sweeps.load_sweep(_EXPECT.value).points)
     except (ValueError, OSError, ImportError, AttributeError) as e:
       raise app.UsageError(f'--expect={_EXPECT.value}: {e}')
+    progress = claims.progress_of([u for d in dirs if os.path.isdir(d)
+                                   for u in sweeps.in_progress(d)])
   try:
     out = claims.make_claims_report(runs, _OUT.value or dirs[0], title=_TITLE.value,
-                                    expect=expect)
+                                    expect=expect, progress=progress)
   except claims.DuplicateRunError as e:
     raise app.UsageError(str(e))
   print(out['markdown'])

@@ -23,7 +23,8 @@ _REPORT = flags.DEFINE_bool('report', True, 'Write the report after running.')
 _FROM_ARCHIVE = flags.DEFINE_string(
     'from_archive', None, 'An archive of this sweep (experiments.archive): its finished points '
     'that the sweep dir lacks are copied in first, so they are skipped and the next curriculum '
-    'step starts from their archived best parameters.')
+    'step starts from their archived best parameters; its unfinished points (snapshots) resume '
+    'from their archived checkpoints.')
 _ONLY = flags.DEFINE_string(
     'only', None, 'Run (and evaluate) only the points whose name matches this regular expression, '
     'e.g. "K=2,grad_mode=first" or "^n_pairs=[24],.*seed=1$"; the others stay in the sweep dir\'s '
@@ -83,6 +84,10 @@ def main(argv):
   elif _FROM_ARCHIVE.value:
     names = sweeps.restore(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, _CONFIG.value, log=log)
     print(f'restored {len(names)} finished points from {_FROM_ARCHIVE.value}', flush=True)
+    resumed = sweeps.restore_unfinished(_FROM_ARCHIVE.value, _SWEEP_DIR.value, sweep, log=log)
+    if resumed:
+      print(f'restored {len(resumed)} unfinished points from {_FROM_ARCHIVE.value}: they resume '
+            'from their archived steps', flush=True)
   status = sweeps.run_sweep(_CONFIG.value, sweep, _SWEEP_DIR.value, dry_run=_DRY_RUN.value, log=log,
                             xla_cache_dir=cache, eval_ks=eval_ks, workers=workers,
                             worker_gpus=_WORKER_GPUS.value)

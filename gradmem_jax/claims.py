@@ -712,7 +712,24 @@ def still_to_run(runs: Sequence[dict], points: Sequence[dict]) -> 'OrderedDict[t
   return OrderedDict(sorted(missing.items(), key=lambda kv: (label_order(kv[0][0]), kv[0][1])))
 
 
-def still_to_run_lines(runs: Sequence[dict], points: Sequence[dict], spec: str) -> list[str]:
+def progress_of(unfinished: Sequence[dict]) -> dict:
+  """(label, N, seed) -> (step, max_steps) of unfinished points (`sweeps.in_progress` rows of
+  claims sweeps); the furthest along where several sources hold one."""
+  out = {}
+  for u in unfinished:
+    lab = point_label(u['overrides'])
+    if lab is None or 'n_pairs' not in u['overrides']:
+      continue
+    key = (lab, int(u['overrides']['n_pairs']), int(u['overrides'].get('seed', 0)))
+    if key not in out or u['step'] > out[key][0]:
+      out[key] = (int(u['step']), u.get('max_steps'))
+  return out
+
+
+def still_to_run_lines(runs: Sequence[dict], points: Sequence[dict], spec: str,
+                       progress: Optional[dict] = None) -> list[str]:
+  """The still_to_run list; `progress` (progress_of) adds where an unfinished point resumes."""
+  progress = progress or {}
   missing = still_to_run(runs, points)
   n_points = sum(point_label(p) is not None for p in points)
   if not missing:
@@ -720,18 +737,29 @@ def still_to_run_lines(runs: Sequence[dict], points: Sequence[dict], spec: str) 
   total = sum(len(v) for v in missing.values())
   lines = [f'{total} of the {n_points} points of `{spec}` have no run here (a sweep of it runs '
            'every point its sweep dir has not finished):', '']
+  def seed_text(lab, n, seed):
+    if (lab, n, seed) not in progress:
+      return str(seed)
+    step, max_steps = progress[(lab, n, seed)]
+    return f'{seed} (resumes at step {step:,}' + (f' of {max_steps:,})' if max_steps else ')')
+
   for (lab, n), seeds in missing.items():
     lines.append(f'- {lab}, N={n}: seed{"s" if len(seeds) > 1 else ""} '
-                 f'{", ".join(map(str, sorted(seeds)))}')
+                 f'{", ".join(seed_text(lab, n, s) for s in sorted(seeds))}')
+  resuming = sum(k in progress for (lab, n), seeds in missing.items()
+                 for k in ((lab, n, s) for s in seeds))
+  if resuming:
+    lines += ['', f'{resuming} of them have a checkpoint (a live run, or a snapshot in an archive '
+              'that `experiments.sweep --from_archive` restores): they resume at the step named.']
   return lines
 
 
 def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV claims',
-                       expect: Optional[tuple] = None) -> dict:
+                       expect: Optional[tuple] = None, progress: Optional[dict] = None) -> dict:
   """claims.md, claims.csv, runs.csv (a row per run), em_vs_n.png and, where there are K_eval
   results, first-order runs or learning curves, em_vs_k_eval.png, second_vs_first_order.png and
   curves.png in out_dir; expect = (sweep spec, its points): a section listing the points without
-  a run; returns {'markdown', 'files', 'cells'}."""
+  a run (with `progress`, progress_of, where each resumes); returns {'markdown', 'files', 'cells'}."""
   os.makedirs(out_dir, exist_ok=True)
   cs = cells(runs)
   parts = [f'# {title}', '', f'{sum(c["seeds"] for c in cs.values())} runs, {len(cs)} cells. '
@@ -752,7 +780,8 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   if kx:
     parts += ['', '## Test-time K extrapolation (EM at K_eval, mean over seeds)', '', kx]
   if expect is not None:
-    parts += ['', '## Still to run', ''] + still_to_run_lines(runs, expect[1], expect[0])
+    parts += ['', '## Still to run', ''] + still_to_run_lines(runs, expect[1], expect[0],
+                                                                progress)
   files = []
   for name, plot, alt in (('em_vs_n.png', plot_em_vs_n, 'EM vs N'),
                           ('em_vs_k_eval.png', plot_em_vs_k_eval, 'EM vs K_eval'),

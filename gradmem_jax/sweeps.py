@@ -593,6 +593,35 @@ def collect(sweep_dir: str) -> list[dict]:
   return rows
 
 
+def in_progress(sweep_dir: str) -> list[dict]:
+  """The unfinished points of a sweep dir or archive that a sweep would resume rather than start:
+  {'slug', 'overrides' (from sweep.json), 'step' (the step it resumes from: an archived
+  snapshot's, else the newest complete checkpoint's), 'max_steps' (the snapshot's, else
+  config.json's, else None)}."""
+  manifest = _read_manifest(os.path.join(sweep_dir, 'sweep.json')) or {}
+  overrides = {p['slug']: p['overrides'] for p in manifest.get('points', [])}
+  rows = []
+  for name in sorted(os.listdir(sweep_dir)):
+    wd = os.path.join(sweep_dir, name)
+    if not os.path.isdir(wd) or is_finished(wd):
+      continue
+    step = unfinished_step(wd)
+    if step is None:
+      steps = _complete_steps(os.path.join(wd, 'checkpoints'))
+      step = steps[0] if steps else None
+    if step is None:
+      continue
+    max_steps = None
+    for f, get in ((UNFINISHED_MARKER, lambda d: d.get('max_steps')),
+                   ('config.json', lambda d: d.get('train', {}).get('max_steps'))):
+      if max_steps is None and os.path.exists(os.path.join(wd, f)):
+        with open(os.path.join(wd, f)) as fh:
+          max_steps = get(json.load(fh))
+    rows.append({'slug': name, 'overrides': overrides.get(name, {}), 'step': step,
+                 'max_steps': max_steps})
+  return rows
+
+
 # What a report needs of a finished point: no checkpoints, best parameters or TensorBoard events.
 # results.json last: it marks a point finished, so an archive cut short leaves none that looks
 # finished without the rest.
@@ -672,7 +701,8 @@ def archive(sweep_dir: str, out_dir: str, best: str = 'curriculum') -> list[str]
   default), of every point ('all') or of none: `restore` brings them back, so a later session
   can start the next step of a chain. An archived best/ of a point that has not run again is
   kept unless `best` is 'none'. Unfinished
-  points are not copied (they have no results.json yet). A point already in `out_dir` is
+  points are not copied here (no results.json yet): `archive_unfinished` snapshots them, and a
+  snapshot left from before a point finished is removed when it is archived finished. A point already in `out_dir` is
   replaced by the sweep dir's copy (archived files the sweep dir's point lacks are removed);
   points in `out_dir` that `sweep_dir` lacks are kept, and sweep.json's points and curriculum
   sources become the union (a later session's sweep dir may hold other points of the same
@@ -727,6 +757,10 @@ def archive(sweep_dir: str, out_dir: str, best: str = 'curriculum') -> list[str]
         _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
       elif os.path.exists(os.path.join(dst, f)):
         os.remove(os.path.join(dst, f))  # an older copy's file that this run does not have
+    # Now finished (results.json is there): the snapshot archived while it ran is not needed.
+    if os.path.exists(os.path.join(dst, UNFINISHED_MARKER)):
+      os.remove(os.path.join(dst, UNFINISHED_MARKER))
+    _remove_tree(os.path.join(dst, 'checkpoints'))
     names.append(name)
   return names
 
@@ -765,6 +799,10 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
   # of it is here), and (growing) the archived sources without parameters that those start from.
   to_run = {n for n in names if not live(n) and (
       n not in archived or os.path.exists(os.path.join(sweep_dir, n)))}
+  # ... except those that resume from an archived snapshot (restore_unfinished): a resume starts
+  # from its own checkpoint, not from its source's parameters.
+  to_run -= {n for n in to_run if not os.path.exists(os.path.join(sweep_dir, n))
+             and unfinished_step(os.path.join(archive_dir, n)) is not None}
   rerun = set()
   for n in to_run:  # back along its chain while a source has no archived parameters
     source = sweep.init_from.get(n)
@@ -800,6 +838,113 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
           continue
         os.rename(tmp, dst)
         restored.append(name)
+    finally:
+      shutil.rmtree(tmp_root, ignore_errors=True)
+  return restored
+
+
+# An unfinished point's snapshot in an archive: its latest complete resumable checkpoint
+# (checkpoints/<step>: parameters, optimizer state, data position), its best/ and the files the
+# run appends to, so that a run longer than one machine's life continues on the next machine
+# where it stopped. UNFINISHED_MARKER, written last, names the step; a directory without it is
+# not a snapshot (a copy cut short).
+UNFINISHED_MARKER = 'unfinished.json'
+_SNAPSHOT_FILES = ('config.json', 'metrics.jsonl', 'stdout.log')
+_COMMIT_MARKER = 'commit_success.txt'  # orbax's, in a complete step directory (checkpoint.py)
+
+
+def _complete_steps(directory: str) -> list[int]:
+  """The step directories under `directory` that orbax finished writing, newest first."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted((int(n) for n in os.listdir(directory) if n.isdigit()
+                 and os.path.exists(os.path.join(directory, n, _COMMIT_MARKER))), reverse=True)
+
+
+def unfinished_step(point_dir: str) -> Optional[int]:
+  """The step at which an archived unfinished point stopped, or None when `point_dir` holds no
+  snapshot (no UNFINISHED_MARKER, or a finished point)."""
+  path = os.path.join(point_dir, UNFINISHED_MARKER)
+  if is_finished(point_dir) or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return int(json.load(f)['step'])
+
+
+def archive_unfinished(sweep_dir: str, out_dir: str, log=print) -> list[tuple[str, int]]:
+  """Copies a snapshot of every unfinished point of `sweep_dir` that has a complete checkpoint
+  into `out_dir` (an archive of the same sweep: call `archive` first, which checks that and
+  writes the manifest): its latest checkpoint only (about 1.7 MB for the default CPU model, with
+  Adam's moments), best/, config.json, metrics.jsonl and stdout.log, then UNFINISHED_MARKER with
+  the step. `restore_unfinished` puts it back and the point resumes from that step, bit for bit
+  as if never stopped (the data position is in the checkpoint). A snapshot is replaced only by a
+  later step of the same point; a finished archived point is left alone (a live rerun of it is
+  archived when it finishes). A point may be training while this runs: a checkpoint deleted
+  under the copy (the run keeps only its latest few) skips the point with a message, and the
+  next archive takes it. Returns (point, step) of the points snapshotted."""
+  if _read_manifest(os.path.join(out_dir, 'sweep.json')) is None:
+    raise FileNotFoundError(f'archive_unfinished: {out_dir!r} has no sweep.json; archive the '
+                            'sweep dir first (sweeps.archive checks the sweep and writes it)')
+  done = []
+  for name in sorted(os.listdir(sweep_dir)):
+    src, dst = os.path.join(sweep_dir, name), os.path.join(out_dir, name)
+    if not os.path.isdir(src) or is_finished(src) or is_finished(dst):
+      continue
+    steps = _complete_steps(os.path.join(src, 'checkpoints'))
+    if not steps or not os.path.exists(os.path.join(src, 'config.json')):
+      continue
+    step, have = steps[0], unfinished_step(dst)
+    if have is not None and have >= step:
+      continue  # the archive's snapshot is as far along (a later session's live run is not)
+    try:
+      os.makedirs(dst, exist_ok=True)
+      marker = os.path.join(dst, UNFINISHED_MARKER)
+      if os.path.exists(marker):
+        os.remove(marker)  # not a snapshot until the new one is whole
+      _copy_tree_atomic(os.path.join(src, 'checkpoints', str(step)),
+                        os.path.join(dst, 'checkpoints', str(step)))
+      for other in os.listdir(os.path.join(dst, 'checkpoints')):
+        if other != str(step):
+          _remove_tree(os.path.join(dst, 'checkpoints', other))
+      if os.path.isdir(os.path.join(src, 'best')):
+        _copy_tree_atomic(os.path.join(src, 'best'), os.path.join(dst, 'best'))
+      for f in _SNAPSHOT_FILES:
+        if os.path.exists(os.path.join(src, f)):
+          _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
+      if not os.path.exists(os.path.join(dst, 'checkpoints', str(step), _COMMIT_MARKER)):
+        raise FileNotFoundError(f'checkpoints/{step} lost its commit marker while copied')
+    except (FileNotFoundError, shutil.Error) as e:
+      log(f'  {name}: not snapshotted, its checkpoint changed while copied ({e}); archive again')
+      continue
+    with open(os.path.join(src, 'config.json')) as f:
+      max_steps = json.load(f).get('train', {}).get('max_steps')
+    _write_json(marker, {'step': step, 'max_steps': max_steps})
+    done.append((name, step))
+  return done
+
+
+def restore_unfinished(archive_dir: str, sweep_dir: str, sweep: Sweep,
+                       log=print) -> list[tuple[str, int]]:
+  """Copies the archived snapshot (`archive_unfinished`) of every point of `sweep` that
+  `sweep_dir` has no directory for into `sweep_dir`, under a temporary name and renamed, so the
+  sweep resumes it from the snapshot's step instead of starting it over. Call after `restore`
+  (which checks that the archive is of this sweep). A point with a directory in `sweep_dir` is a
+  live run and is left alone. Returns (point, step) of the restored points."""
+  restored = []
+  with _sweep_dir_lock(sweep_dir):
+    tmp_root = tempfile.mkdtemp(prefix='.restoring-', dir=sweep_dir)
+    try:
+      for name in (slug(p) for p in sweep.points):
+        src, dst = os.path.join(archive_dir, name), os.path.join(sweep_dir, name)
+        step = unfinished_step(src)
+        if step is None or os.path.exists(dst):
+          continue
+        tmp = os.path.join(tmp_root, name)
+        shutil.copytree(src, tmp)
+        os.remove(os.path.join(tmp, UNFINISHED_MARKER))
+        os.rename(tmp, dst)
+        log(f'  {name}: resumes from its archived step {step}')
+        restored.append((name, step))
     finally:
       shutil.rmtree(tmp_root, ignore_errors=True)
   return restored

@@ -424,6 +424,26 @@ def test_claims_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert '## Still to run' in out.stdout and '- RMT x5, N=8: seeds 0, 1, 2' in out.stdout
+  # An unfinished point with an archived snapshot (sweeps.archive_unfinished) says where it
+  # resumes; one with a live complete checkpoint too.
+  rmt5 = {'method': 'rmt', 'K': 5, 'memory.rmt_update': 'replace', 'n_pairs': 8}
+  with open(sd / 'sweep.json', 'w') as f:
+    json.dump({'points': [{'slug': 'snap', 'overrides': dict(rmt5, seed=1)},
+                          {'slug': 'live', 'overrides': dict(rmt5, seed=2)}]}, f)
+  os.makedirs(sd / 'snap')
+  with open(sd / 'snap' / 'unfinished.json', 'w') as f:
+    json.dump({'step': 7750, 'max_steps': 12000}, f)
+  os.makedirs(sd / 'live' / 'checkpoints' / '500')
+  (sd / 'live' / 'checkpoints' / '500' / 'commit_success.txt').write_text('')
+  os.makedirs(sd / 'live' / 'checkpoints' / '750')  # still being written: not resumable
+  out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
+                        f'--out={tmp_path / "exp"}', '--expect=configs/sweeps/claims.py:cpu'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert ('- RMT x5, N=8: seeds 0, 1 (resumes at step 7,750 of 12,000), 2 (resumes at step '
+          '500)') in out.stdout
+  assert '2 of them have a checkpoint' in out.stdout
+  shutil.rmtree(sd / 'snap'), shutil.rmtree(sd / 'live'), os.remove(sd / 'sweep.json')
   out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
                         f'--out={tmp_path / "exp"}', '--expect=configs/sweeps/claims.py:nope'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -716,6 +716,106 @@ def test_report_means_stds_and_figure(tmp_path):
   assert csv_text.splitlines()[0].startswith('K,seeds,em_mean')
 
 
+def test_an_unfinished_run_continues_from_its_archived_snapshot_bit_for_bit(tmp_path):
+  # A 6-step run (checkpoints at 3 and 6) stands in for one longer than a machine's life: its
+  # machine went after step 3 (step 6 and results.json never written). The snapshot archived
+  # then, restored on a fresh machine, resumes at step 3 and ends where the run that was never
+  # stopped ended, parameters bit for bit.
+  path = tmp_path / 'one.py'
+  path.write_text('from gradmem_jax.sweeps import Sweep\n'
+                  'def get_sweep(arg=None):\n'
+                  '  return Sweep("one", [{"seed": 0}], base="tiny")\n')
+  args = lambda sd, *more: ['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
+                            f'--sweep={path}', f'--sweep_dir={sd}', '--report=false', *more]
+  whole, cut = tmp_path / 'whole', tmp_path / 'cut'
+  _run(args(whole))
+  shutil.copytree(whole, cut)
+  point = cut / 'seed=0'
+  for lost in ('results.json', 'checkpoints/6'):
+    (shutil.rmtree if os.path.isdir(point / lost) else os.remove)(point / lost)
+  printed = _run(['experiments.archive', f'--sweep_dir={cut}', f'--out={tmp_path / "archive"}'])
+  assert 'snapshotted 1 unfinished points' in printed and 'seed=0: step 3' in printed
+  snap = tmp_path / 'archive' / 'seed=0'
+  assert sorted(os.listdir(snap / 'checkpoints')) == ['3']
+  assert json.load(open(snap / sweeps.UNFINISHED_MARKER)) == {'step': 3, 'max_steps': 6}
+  shutil.rmtree(cut)  # the machine is gone
+  fresh = tmp_path / 'fresh'
+  printed = _run(args(fresh, f'--from_archive={tmp_path / "archive"}'))
+  assert 'seed=0: resumes from its archived step 3' in printed
+  assert 'steps 3->6' in (fresh / 'seed=0' / 'stdout.log').read_text()  # not 0->6
+  from configs import kv_retrieval
+  from gradmem_jax.training import abstract_state, build_experiment
+  from gradmem_jax.training.checkpoint import load_params
+  abstract = abstract_state(build_experiment(kv_retrieval.get_config('tiny')))[0]
+  got, want = (load_params(str(d / 'seed=0' / 'checkpoints' / '6'), abstract['params'])[0]
+               for d in (fresh, whole))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  results = lambda d: json.load(open(d / 'seed=0' / 'results.json'))
+  assert results(fresh)['steps'] == 6 and results(fresh)['best'] == results(whole)['best']
+  # Archived again, finished: the snapshot goes, the results stay.
+  _run(['experiments.archive', f'--sweep_dir={fresh}', f'--out={tmp_path / "archive"}'])
+  assert sweeps.is_finished(snap) and not (snap / 'checkpoints').exists()
+  assert not (snap / sweeps.UNFINISHED_MARKER).exists()
+
+
+def test_archived_snapshots_take_the_latest_complete_step_and_spare_a_chain_its_source(tmp_path):
+  chain = sweeps.Sweep('chain', [{'n_pairs': 2}, {'n_pairs': 4}, {'n_pairs': 8}], base='tiny',
+                       init_from={'n_pairs=4': 'n_pairs=2', 'n_pairs=8': 'n_pairs=4'})
+  sd, out = tmp_path / 'runs', tmp_path / 'archive'
+  sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', chain)
+
+  def checkpoint(name, step, complete=True, what=b'x'):
+    d = sd / name / 'checkpoints' / str(step)
+    os.makedirs(d / 'state', exist_ok=True)
+    (d / 'state' / 'data').write_bytes(what)
+    if complete:
+      (d / 'commit_success.txt').write_text('done')
+    (sd / name / 'config.json').write_text(json.dumps({'train': {'max_steps': 100}}))
+
+  os.makedirs(sd / 'n_pairs=2')
+  (sd / 'n_pairs=2' / 'results.json').write_text('{}')  # finished, archived without params
+  checkpoint('n_pairs=4', 50)
+  checkpoint('n_pairs=4', 75, complete=False)  # being written: not a step to resume from
+  os.makedirs(sd / 'n_pairs=8')  # started, no checkpoint yet: nothing to snapshot
+  with pytest.raises(FileNotFoundError, match='archive the sweep dir first'):
+    sweeps.archive_unfinished(str(sd), str(out))
+  sweeps.archive(str(sd), str(out), best='none')
+  assert sweeps.archive_unfinished(str(sd), str(out)) == [('n_pairs=4', 50)]
+  assert sweeps.unfinished_step(str(out / 'n_pairs=4')) == 50
+  assert sorted(os.listdir(out / 'n_pairs=4' / 'checkpoints')) == ['50']
+  assert not (out / 'n_pairs=8').exists()
+  # Only a later step replaces a snapshot, and it replaces the earlier step's files.
+  shutil.rmtree(sd / 'n_pairs=4' / 'checkpoints' / '50')
+  checkpoint('n_pairs=4', 25, what=b'older')
+  assert sweeps.archive_unfinished(str(sd), str(out)) == []
+  checkpoint('n_pairs=4', 75, what=b'later')
+  assert sweeps.archive_unfinished(str(sd), str(out)) == [('n_pairs=4', 75)]
+  assert sorted(os.listdir(out / 'n_pairs=4' / 'checkpoints')) == ['75']
+  assert (out / 'n_pairs=4' / 'checkpoints' / '75' / 'state' / 'data').read_bytes() == b'later'
+  # A fresh machine: n_pairs=4 resumes from its snapshot, so n_pairs=2 (archived without
+  # parameters) need not run again to start it; a live run of a point is never replaced.
+  sd2 = tmp_path / 'runs2'
+  logs = []
+  assert sweeps.restore(str(out), str(sd2), chain, 'configs/kv_retrieval.py',
+                        log=logs.append) == ['n_pairs=2']
+  assert not logs
+  assert sweeps.restore_unfinished(str(out), str(sd2), chain, log=logs.append) == [
+      ('n_pairs=4', 75)]
+  assert sorted(os.listdir(sd2 / 'n_pairs=4')) == ['checkpoints', 'config.json']
+  assert sweeps.restore_unfinished(str(out), str(tmp_path / 'runs3'), chain) == [
+      ('n_pairs=4', 75)]
+  (sd2 / 'n_pairs=4' / 'config.json').write_text('live')
+  assert sweeps.restore_unfinished(str(out), str(sd2), chain) == []
+  assert (sd2 / 'n_pairs=4' / 'config.json').read_text() == 'live'
+  # Without the snapshot, the chain's source would have to run again first.
+  os.remove(out / 'n_pairs=4' / sweeps.UNFINISHED_MARKER)
+  logs = []
+  assert sweeps.restore(str(out), str(tmp_path / 'runs4'), chain, 'configs/kv_retrieval.py',
+                        log=logs.append) == []
+  assert 'n_pairs=2: not restored' in logs[0]
+
+
 def test_archive_keeps_what_the_reports_read_and_outlives_the_run_dirs(tmp_path):
   # A session's run directories (with checkpoints) do not survive its machine; the archive keeps
   # the small files the reports read, and reads back exactly as the sweep dir did.
