@@ -700,10 +700,10 @@ def archive(sweep_dir: str, out_dir: str, best: str = 'curriculum') -> list[str]
   model) of the points of a curriculum chain in the merged sweep.json ('curriculum', the
   default), of every point ('all') or of none: `restore` brings them back, so a later session
   can start the next step of a chain. An archived best/ of a point that has not run again is
-  kept unless `best` is 'none'. Unfinished
-  points are not copied here (no results.json yet): `archive_unfinished` snapshots them, and a
-  snapshot left from before a point finished is removed when it is archived finished. A point already in `out_dir` is
-  replaced by the sweep dir's copy (archived files the sweep dir's point lacks are removed);
+  kept unless `best` is 'none'. Unfinished points are not copied here (no results.json yet):
+  `archive_unfinished` snapshots them, and a snapshot left from before a point finished is
+  removed when it is archived finished. A point already in `out_dir` is replaced by the sweep
+  dir's copy (archived files the sweep dir's point lacks are removed);
   points in `out_dir` that `sweep_dir` lacks are kept, and sweep.json's points and curriculum
   sources become the union (a later session's sweep dir may hold other points of the same
   sweep). Refused: an `out_dir` holding another sweep's archive (other name or base), or any

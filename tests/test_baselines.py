@@ -92,3 +92,32 @@ def test_full_context_packing_ignores_padding():
             context_mask=jnp.concatenate([b['context_mask'], pad], 1))
   l2, _, _ = forward(method, params, b2)
   np.testing.assert_allclose(l1, l2, atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['llama', 'mamba'])
+def test_full_context_generates_the_backbones_greedy_continuation(kind):
+  """Greedy answers read from the whole context: each row's tokens are the argmax of the
+  backbone run directly on that row's real context, its prompt and the tokens generated so far
+  (no padding, no packing), and a stop id ends a row."""
+  from tests.conftest import TINY_MAMBA
+  extra = {'model': TINY_MAMBA} if kind == 'mamba' else {}  # the llama default otherwise
+  method, params = tiny_method(method='full_context', **extra)
+  b = random_batch(b=3, s=7)
+  mask = np.asarray(b['context_mask'])
+  state, _ = method.write(params, b['context'], b['context_mask'])
+  prompt, prompt_len = b['qa'][:, :3], jnp.array([3, 2, 3])
+  gen = method.generate(params, state, prompt, prompt_len, max_new_tokens=4)
+  bb, backbone = params['backbone'], method.backbone
+  for i in range(3):
+    seq = (list(np.asarray(b['context'][i])[mask[i] > 0])
+           + list(np.asarray(prompt[i, :prompt_len[i]])))
+    for t in range(4):
+      ids = jnp.asarray(seq, jnp.int32)[None]
+      h = backbone.hidden(bb, backbone.embed(bb, ids), jnp.arange(len(seq)))
+      seq.append(int(jnp.argmax(backbone.logits(bb, h[:, -1]), axis=-1)[0]))
+    assert list(np.asarray(gen[i])) == seq[-4:], (i, gen[i], seq[-4:])
+  stop = int(gen[0, 1])
+  stopped = method.generate(params, state, prompt, prompt_len, max_new_tokens=4, stop_ids=(stop,),
+                            pad_id=0)
+  first = int(np.argmax(np.asarray(stopped[0]) == stop))
+  assert first <= 1 and np.all(np.asarray(stopped[0, first + 1:]) == 0)

@@ -23,7 +23,7 @@ class FullContext:
   """The decoder reads [C; qa] directly: no memory, the KV cache of C is the 'memory'."""
   backbone: Backbone
   cfg: MemoryConfig
-  capabilities: ClassVar[Capabilities] = Capabilities(memory=False)
+  capabilities: ClassVar[Capabilities] = Capabilities(memory=False, generate=True)
 
   @classmethod
   def validate_config(cls, cfg: MemoryConfig) -> None:
@@ -66,3 +66,12 @@ class FullContext:
     pos = jnp.maximum(lengths[:, None] - 1 + jnp.arange(q)[None, :], 0)
     h = jnp.take_along_axis(h, pos[..., None], axis=1)
     return self.backbone.logits(bb, h)
+
+  def generate(self, params: Params, state: dict, prompt: Array, prompt_len: Array, *,
+               max_new_tokens: int, stop_ids: tuple[int, ...] = (), pad_id: int = 0) -> Array:
+    """Greedy answers read from the whole context (prompt [B, P] right-padded, prompt_len [B]),
+    as the memory methods generate from their memory: ops.greedy_generate over read_logits."""
+    rows = jnp.arange(prompt.shape[0])
+    next_logits = lambda buf, t: self.read_logits(params, state, buf)[rows, t]
+    return ops.greedy_generate(next_logits, prompt, prompt_len, max_new_tokens=max_new_tokens,
+                               stop_ids=stop_ids, pad_id=pad_id)

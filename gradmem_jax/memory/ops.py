@@ -45,3 +45,30 @@ def layer_norm(x: Array, scale: Array, bias: Array, eps: float = 1e-5) -> Array:
   mu = jnp.mean(x, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
   return (x - mu) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def greedy_generate(next_logits, prompt: Array, prompt_len: Array, *, max_new_tokens: int,
+                    stop_ids: tuple = (), pad_id: int = 0) -> Array:
+  """Greedy decoding shared by the methods: `next_logits(buf, t)` -> [B, V], the logits that
+  predict token t[b] of row b of `buf` [B, P + max_new_tokens] from the tokens before it.
+  prompt [B, P] right-padded, prompt_len [B]. Returns [B, max_new_tokens] generated ids; after a
+  stop id (kept) the rest is pad_id. The whole (short) sequence is recomputed per token: static
+  shapes, exact."""
+  b, p = prompt.shape
+  length = p + max_new_tokens
+  buf = jnp.zeros((b, length), jnp.int32).at[:, :p].set(prompt)
+  buf = jnp.where(jnp.arange(length)[None] < prompt_len[:, None], buf, pad_id)
+  rows = jnp.arange(b)
+
+  def step(i, carry):
+    buf, done = carry
+    tok = jnp.argmax(next_logits(buf, prompt_len + i), axis=-1).astype(jnp.int32)
+    tok = jnp.where(done, pad_id, tok)
+    buf = buf.at[rows, prompt_len + i].set(tok)
+    for s in stop_ids:
+      done = done | (tok == s)
+    return buf, done
+
+  buf, _ = jax.lax.fori_loop(0, max_new_tokens, step, (buf, jnp.zeros((b,), bool)))
+  idx = prompt_len[:, None] + jnp.arange(max_new_tokens)[None]
+  return jnp.take_along_axis(buf, idx, axis=1)

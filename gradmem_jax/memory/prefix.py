@@ -11,6 +11,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from gradmem_jax.memory import ops
 from gradmem_jax.memory.config import MemoryConfig
 from gradmem_jax.models import Backbone
 
@@ -106,34 +107,20 @@ class PrefixMemory:
                max_new_tokens: int, stop_ids: tuple[int, ...] = (), pad_id: int = 0) -> Array:
     """Greedy generation from memory. prompt [B, P] right-padded, prompt_len [B].
 
-    Returns [B, max_new_tokens] generated ids; after a stop id (kept) the rest is pad_id.
-    Recomputes the whole (short) sequence per token: simple, static shapes, exact.
+    Returns [B, max_new_tokens] generated ids; after a stop id (kept) the rest is pad_id
+    (ops.greedy_generate).
     """
     bb = self.base_backbone(params)
-    b, p = prompt.shape
-    length = p + max_new_tokens
-    buf = jnp.zeros((b, length), jnp.int32).at[:, :p].set(prompt)
-    buf = jnp.where(jnp.arange(length)[None] < prompt_len[:, None], buf, pad_id)
     mem = self.project(params, self.read_proj(params, state), state['memory'])
-    offset = self.cfg.offset
-    rows = jnp.arange(b)
+    rows = jnp.arange(prompt.shape[0])
 
-    def step(i, carry):
-      buf, done = carry
+    def next_logits(buf, t):
       x = self.prefixed(params, 'read_start', 'read_end', mem, self.backbone.embed(bb, buf))
       h = self.backbone.hidden(bb, x, jnp.arange(x.shape[1]))
-      pos = offset + prompt_len + i - 1  # the position that predicts token prompt_len + i
-      logits = self.backbone.logits(bb, h[rows, pos])
-      tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      tok = jnp.where(done, pad_id, tok)
-      buf = buf.at[rows, prompt_len + i].set(tok)
-      for s in stop_ids:
-        done = done | (tok == s)
-      return buf, done
+      return self.backbone.logits(bb, h[rows, self.cfg.offset + t - 1])  # predicts token t
 
-    buf, _ = jax.lax.fori_loop(0, max_new_tokens, step, (buf, jnp.zeros((b,), bool)))
-    idx = prompt_len[:, None] + jnp.arange(max_new_tokens)[None]
-    return jnp.take_along_axis(buf, idx, axis=1)
+    return ops.greedy_generate(next_logits, prompt, prompt_len, max_new_tokens=max_new_tokens,
+                               stop_ids=stop_ids, pad_id=pad_id)
 
   # ------------------------------------------------------------------------------------------
   # What the runner asks of every method.
