@@ -50,7 +50,8 @@ def analyse(workdir: str, K=None, overrides: str = '') -> dict:
   if len(predictions) != len(val):
     raise RuntimeError(f'{workdir}: {len(predictions)} answers for {len(val)} validation samples')
   rows = [kv_errors.classify(val[p['index']], p['prediction'], task) for p in predictions]
-  return {**kv_errors.summarize(rows), 'K_eval': row['K_eval'], 'gen_em': row['gen_em'],
+  return {**kv_errors.summarize(rows), 'workdir': workdir, 'overrides': overrides,
+          'K_eval': row['K_eval'], 'gen_em': row['gen_em'],
           'checkpoint_step': row['checkpoint_step'],
           'identity': {k: row[k] for k in row['identity_fields']}}
 

@@ -77,7 +77,7 @@ def markdown(summaries: Sequence[tuple[str, dict]]) -> str:
   for name, s in summaries:
     lines.append(f'| {name} | {s["n"]} | ' + ' | '.join(
         f'{100 * s["outcomes"][o]:.1f}%' for o in OUTCOMES) + ' |')
-  n_pos = max(len(s['by_position']) for _, s in summaries)
+  n_pos = max(b['position'] for _, s in summaries for b in s['by_position'])
   lines += ['', '| run | ' + ' | '.join(f'pair {p}' for p in range(1, n_pos + 1)) + ' |',
             '|' + '---|' * (n_pos + 1)]
   for name, s in summaries:

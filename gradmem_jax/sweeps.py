@@ -396,6 +396,8 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         waiting.remove(i)
         continue
       source = sweep.init_from.get(slugs[i])
+      if _complete_steps(os.path.join(wd, 'checkpoints')):
+        source = None  # it resumes from its own checkpoint: init_from is not read
       if source and not is_finished(os.path.join(sweep_dir, source)):
         if may_finish(source):
           continue  # wait for it, and let a free worker take the next points
@@ -596,7 +598,8 @@ def collect(sweep_dir: str) -> list[dict]:
 def in_progress(sweep_dir: str) -> list[dict]:
   """The unfinished points of a sweep dir or archive that a sweep would resume rather than start:
   {'slug', 'overrides' (from sweep.json), 'step' (the step it resumes from: an archived
-  snapshot's, else the newest complete checkpoint's), 'max_steps' (the snapshot's, else
+  snapshot's, else, in a run directory (it holds the run's lock file), the newest complete
+  checkpoint's), 'max_steps' (the snapshot's, else
   config.json's, else None)}."""
   manifest = _read_manifest(os.path.join(sweep_dir, 'sweep.json')) or {}
   overrides = {p['slug']: p['overrides'] for p in manifest.get('points', [])}
@@ -606,9 +609,9 @@ def in_progress(sweep_dir: str) -> list[dict]:
     if not os.path.isdir(wd) or is_finished(wd):
       continue
     step = unfinished_step(wd)
-    if step is None:
-      steps = _complete_steps(os.path.join(wd, 'checkpoints'))
-      step = steps[0] if steps else None
+    if step is None and os.path.exists(os.path.join(wd, workdir_lock.LOCK_NAME)):
+      steps = _complete_steps(os.path.join(wd, 'checkpoints'))  # a live run dir (an archive
+      step = steps[0] if steps else None                        # copies no lock file)
     if step is None:
       continue
     max_steps = None
@@ -777,7 +780,9 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
   ARCHIVED_FILES and best/), so that the sweep skips them and the next step of a curriculum
   chain starts from their archived best/. A point archived without parameters that an unfinished
   point starts from (directly, or through points that must run again for the same reason) is
-  not restored: it runs again, and says so. A point with a directory in `sweep_dir`, finished or
+  not restored: it runs again, and says so, unless the point that starts from it resumes from an
+  archived snapshot (`restore_unfinished`; a resume reads its own checkpoint, not its source's
+  parameters). A point with a directory in `sweep_dir`, finished or
   not, is left as it is: a live run is never replaced. Each point is copied under a temporary
   name of this process (`sweep_dir`/.restoring-*) and renamed; a point that another process
   restored meanwhile is left to it. Returns the restored points."""
@@ -867,8 +872,21 @@ def unfinished_step(point_dir: str) -> Optional[int]:
   path = os.path.join(point_dir, UNFINISHED_MARKER)
   if is_finished(point_dir) or not os.path.exists(path):
     return None
-  with open(path) as f:
-    return int(json.load(f)['step'])
+  try:
+    with open(path) as f:
+      return int(json.load(f)['step'])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: not a snapshot marker ({type(e).__name__}: {e}); expected '
+                     '{"step": <int>, "max_steps": ...} as sweeps.archive_unfinished writes it; '
+                     'remove the point from the archive to start it over') from e
+
+
+def _whole_step(step_dir: str) -> bool:
+  """A copied orbax step directory with everything a restore reads (checkpoint._check_files):
+  the commit marker, orbax's step metadata and the items (state/ or params/, and meta/)."""
+  names = set(os.listdir(step_dir)) if os.path.isdir(step_dir) else set()
+  return {_COMMIT_MARKER, '_CHECKPOINT_METADATA', 'meta'} <= names and bool(
+      names & {'state', 'params'})
 
 
 def archive_unfinished(sweep_dir: str, out_dir: str, log=print) -> list[tuple[str, int]]:
@@ -879,12 +897,19 @@ def archive_unfinished(sweep_dir: str, out_dir: str, log=print) -> list[tuple[st
   the step. `restore_unfinished` puts it back and the point resumes from that step, bit for bit
   as if never stopped (the data position is in the checkpoint). A snapshot is replaced only by a
   later step of the same point; a finished archived point is left alone (a live rerun of it is
-  archived when it finishes). A point may be training while this runs: a checkpoint deleted
-  under the copy (the run keeps only its latest few) skips the point with a message, and the
-  next archive takes it. Returns (point, step) of the points snapshotted."""
+  archived when it finishes). A point may be training while this runs: a checkpoint or best/
+  changed under the copy (the run keeps only its latest few) skips the point with a message and
+  keeps its earlier snapshot whole, and the next archive takes it. The order: the new step is
+  copied and checked beside the old one, the marker goes, best/ and the logs are replaced (each
+  atomically), the new marker is written, the old step goes; a crash at any point leaves the
+  old snapshot or the new one, or (first snapshot) none. Returns (point, step) of the points
+  snapshotted."""
+  if _read_manifest(os.path.join(sweep_dir, 'sweep.json')) is None:
+    raise FileNotFoundError(f'archive_unfinished: --sweep_dir {sweep_dir!r} has no sweep.json '
+                            '(not a sweep directory)')
   if _read_manifest(os.path.join(out_dir, 'sweep.json')) is None:
     raise FileNotFoundError(f'archive_unfinished: {out_dir!r} has no sweep.json; archive the '
-                            'sweep dir first (sweeps.archive checks the sweep and writes it)')
+                            'sweep dir there first (sweeps.archive checks the sweep and writes it)')
   done = []
   for name in sorted(os.listdir(sweep_dir)):
     src, dst = os.path.join(sweep_dir, name), os.path.join(out_dir, name)
@@ -896,29 +921,43 @@ def archive_unfinished(sweep_dir: str, out_dir: str, log=print) -> list[tuple[st
     step, have = steps[0], unfinished_step(dst)
     if have is not None and have >= step:
       continue  # the archive's snapshot is as far along (a later session's live run is not)
+    marker = os.path.join(dst, UNFINISHED_MARKER)
+    new_step = os.path.join(dst, 'checkpoints', str(step))
     try:
-      os.makedirs(dst, exist_ok=True)
-      marker = os.path.join(dst, UNFINISHED_MARKER)
-      if os.path.exists(marker):
-        os.remove(marker)  # not a snapshot until the new one is whole
-      _copy_tree_atomic(os.path.join(src, 'checkpoints', str(step)),
-                        os.path.join(dst, 'checkpoints', str(step)))
-      for other in os.listdir(os.path.join(dst, 'checkpoints')):
-        if other != str(step):
-          _remove_tree(os.path.join(dst, 'checkpoints', other))
+      _copy_tree_atomic(os.path.join(src, 'checkpoints', str(step)), new_step)
+      if not _whole_step(new_step):
+        raise FileNotFoundError(f'checkpoints/{step} lost files while copied')
+    except (OSError, shutil.Error) as e:
+      _remove_tree(new_step)
+      log(f'  {name}: not snapshotted, its checkpoint changed while copied ({e}); archive again')
+      continue
+    old_marker = None
+    if os.path.exists(marker):
+      with open(marker) as f:
+        old_marker = json.load(f)
+      os.remove(marker)  # from here to the new marker, best/ and the logs are being replaced
+    try:
       if os.path.isdir(os.path.join(src, 'best')):
         _copy_tree_atomic(os.path.join(src, 'best'), os.path.join(dst, 'best'))
+        if not all(_whole_step(os.path.join(dst, 'best', n))
+                   for n in os.listdir(os.path.join(dst, 'best')) if n.isdigit()):
+          raise FileNotFoundError('best/ lost files while copied')
       for f in _SNAPSHOT_FILES:
         if os.path.exists(os.path.join(src, f)):
           _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
-      if not os.path.exists(os.path.join(dst, 'checkpoints', str(step), _COMMIT_MARKER)):
-        raise FileNotFoundError(f'checkpoints/{step} lost its commit marker while copied')
-    except (FileNotFoundError, shutil.Error) as e:
-      log(f'  {name}: not snapshotted, its checkpoint changed while copied ({e}); archive again')
+      with open(os.path.join(dst, 'config.json')) as f:
+        max_steps = json.load(f).get('train', {}).get('max_steps')
+    except (OSError, shutil.Error, ValueError) as e:
+      _remove_tree(new_step)
+      if old_marker is not None:  # the earlier snapshot: its step is whole; a newer best/ and
+        _write_json(marker, old_marker)  # newer metrics rows are set aside when it resumes
+      log(f'  {name}: not snapshotted, best/ or its logs changed while copied ({e}); archive '
+          'again' + (f' (the snapshot of step {have} stays)' if have is not None else ''))
       continue
-    with open(os.path.join(src, 'config.json')) as f:
-      max_steps = json.load(f).get('train', {}).get('max_steps')
     _write_json(marker, {'step': step, 'max_steps': max_steps})
+    for other in os.listdir(os.path.join(dst, 'checkpoints')):
+      if other != str(step):
+        _remove_tree(os.path.join(dst, 'checkpoints', other))
     done.append((name, step))
   return done
 
@@ -942,6 +981,8 @@ def restore_unfinished(archive_dir: str, sweep_dir: str, sweep: Sweep,
         tmp = os.path.join(tmp_root, name)
         shutil.copytree(src, tmp)
         os.remove(os.path.join(tmp, UNFINISHED_MARKER))
+        if os.path.exists(dst):  # a sweep without --from_archive started this point meanwhile
+          continue
         os.rename(tmp, dst)
         log(f'  {name}: resumes from its archived step {step}')
         restored.append((name, step))

@@ -435,6 +435,7 @@ def test_claims_command_line(tmp_path):
     json.dump({'step': 7750, 'max_steps': 12000}, f)
   os.makedirs(sd / 'live' / 'checkpoints' / '500')
   (sd / 'live' / 'checkpoints' / '500' / 'commit_success.txt').write_text('')
+  (sd / 'live' / 'run.lock').write_text('')  # a run directory (an archive has no lock file)
   os.makedirs(sd / 'live' / 'checkpoints' / '750')  # still being written: not resumable
   out = subprocess.run([sys.executable, '-m', 'experiments.claims', f'--sweep_dir={sd}',
                         f'--out={tmp_path / "exp"}', '--expect=configs/sweeps/claims.py:cpu'],

@@ -51,6 +51,9 @@ def test_outcomes_and_positions_of_made_up_answers():
     assert b['n'] == len(at) and b['em'] == sum(o == 'correct' for o in at) / len(at)
   md = kv_errors.markdown([('made up', s)])
   assert "| run | answers | correct | another pair's value |" in md and '| pair 4 |' in md
+  gaps = kv_errors.summarize([{'position': 1, 'outcome': 'correct'},
+                               {'position': 4, 'outcome': 'other'}])  # none at pairs 2-3
+  assert '| gaps | 100.0% (1) | - | - | 0.0% (1) |' in kv_errors.markdown([('gaps', gaps)])
   with pytest.raises(ValueError, match='no answers'):
     kv_errors.summarize([])
   keys = [k for k, _ in _pairs_from_text(task, val[0])]

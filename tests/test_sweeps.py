@@ -765,12 +765,20 @@ def test_archived_snapshots_take_the_latest_complete_step_and_spare_a_chain_its_
   sd, out = tmp_path / 'runs', tmp_path / 'archive'
   sweeps.write_manifest(str(sd), 'configs/kv_retrieval.py', chain)
 
-  def checkpoint(name, step, complete=True, what=b'x'):
-    d = sd / name / 'checkpoints' / str(step)
-    os.makedirs(d / 'state', exist_ok=True)
-    (d / 'state' / 'data').write_bytes(what)
+  def step_dir(d, item, what, complete=True):  # the files of an orbax step (checkpoint.py)
+    os.makedirs(d / item, exist_ok=True)
+    os.makedirs(d / 'meta', exist_ok=True)
+    (d / item / 'data').write_bytes(what)
+    (d / '_CHECKPOINT_METADATA').write_text('{}')
     if complete:
       (d / 'commit_success.txt').write_text('done')
+
+  def checkpoint(name, step, complete=True, what=b'x'):
+    step_dir(sd / name / 'checkpoints' / str(step), 'state', what, complete)
+    step_dir(sd / name / 'best' / str(step), 'params', what)
+    for old in os.listdir(sd / name / 'best'):
+      if old != str(step):
+        shutil.rmtree(sd / name / 'best' / old)
     (sd / name / 'config.json').write_text(json.dumps({'train': {'max_steps': 100}}))
 
   os.makedirs(sd / 'n_pairs=2')
@@ -778,8 +786,10 @@ def test_archived_snapshots_take_the_latest_complete_step_and_spare_a_chain_its_
   checkpoint('n_pairs=4', 50)
   checkpoint('n_pairs=4', 75, complete=False)  # being written: not a step to resume from
   os.makedirs(sd / 'n_pairs=8')  # started, no checkpoint yet: nothing to snapshot
-  with pytest.raises(FileNotFoundError, match='archive the sweep dir first'):
+  with pytest.raises(FileNotFoundError, match='archive the sweep dir there first'):
     sweeps.archive_unfinished(str(sd), str(out))
+  with pytest.raises(FileNotFoundError, match='--sweep_dir .* has no sweep.json'):
+    sweeps.archive_unfinished(str(tmp_path), str(out))
   sweeps.archive(str(sd), str(out), best='none')
   assert sweeps.archive_unfinished(str(sd), str(out)) == [('n_pairs=4', 50)]
   assert sweeps.unfinished_step(str(out / 'n_pairs=4')) == 50
@@ -789,10 +799,38 @@ def test_archived_snapshots_take_the_latest_complete_step_and_spare_a_chain_its_
   shutil.rmtree(sd / 'n_pairs=4' / 'checkpoints' / '50')
   checkpoint('n_pairs=4', 25, what=b'older')
   assert sweeps.archive_unfinished(str(sd), str(out)) == []
+  # A committed step that is being deleted (orbax removes old steps in place) is not taken.
+  checkpoint('n_pairs=4', 60)
+  shutil.rmtree(sd / 'n_pairs=4' / 'checkpoints' / '60' / 'state')
+  logs = []
+  assert sweeps.archive_unfinished(str(sd), str(out), log=logs.append) == []
+  assert 'its checkpoint changed while copied' in logs[0]
+  assert sorted(os.listdir(out / 'n_pairs=4' / 'checkpoints')) == ['50']
+  shutil.rmtree(sd / 'n_pairs=4' / 'checkpoints' / '60')
   checkpoint('n_pairs=4', 75, what=b'later')
+  # best/ changing under the copy (the run replaced it): the point is skipped and its earlier
+  # snapshot stays whole; the next archive takes the new step.
+  real_copy = sweeps._copy_tree_atomic
+
+  def racing_copy(src, dst):
+    real_copy(src, dst)
+    if dst.endswith('best'):
+      shutil.rmtree(os.path.join(dst, '75', 'params'))  # as if deleted half way through
+
+  logs = []
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(sweeps, '_copy_tree_atomic', racing_copy)
+    assert sweeps.archive_unfinished(str(sd), str(out), log=logs.append) == []
+  assert 'not snapshotted' in logs[0] and 'the snapshot of step 50 stays' in logs[0]
+  assert sweeps.unfinished_step(str(out / 'n_pairs=4')) == 50
+  assert sorted(os.listdir(out / 'n_pairs=4' / 'checkpoints')) == ['50']
+  assert json.load(open(out / 'n_pairs=4' / sweeps.UNFINISHED_MARKER))['max_steps'] == 100
   assert sweeps.archive_unfinished(str(sd), str(out)) == [('n_pairs=4', 75)]
   assert sorted(os.listdir(out / 'n_pairs=4' / 'checkpoints')) == ['75']
   assert (out / 'n_pairs=4' / 'checkpoints' / '75' / 'state' / 'data').read_bytes() == b'later'
+  assert [(u['slug'], u['step']) for u in sweeps.in_progress(str(out))] == [('n_pairs=4', 75)]
+  from gradmem_jax.training import checkpoint as ckpt_lib  # the JAX-free copy of its constant
+  assert sweeps._COMMIT_MARKER == ckpt_lib.COMMIT_MARKER
   # A fresh machine: n_pairs=4 resumes from its snapshot, so n_pairs=2 (archived without
   # parameters) need not run again to start it; a live run of a point is never replaced.
   sd2 = tmp_path / 'runs2'
@@ -802,14 +840,22 @@ def test_archived_snapshots_take_the_latest_complete_step_and_spare_a_chain_its_
   assert not logs
   assert sweeps.restore_unfinished(str(out), str(sd2), chain, log=logs.append) == [
       ('n_pairs=4', 75)]
-  assert sorted(os.listdir(sd2 / 'n_pairs=4')) == ['checkpoints', 'config.json']
+  assert sorted(os.listdir(sd2 / 'n_pairs=4')) == ['best', 'checkpoints', 'config.json']
+  # ... and the sweep starts it (here: a module that does not exist, so 'failed' means started),
+  # not blocked on its source's missing parameters.
+  status = {s['slug']: s['status'] for s in sweeps.run_sweep(
+      'configs/kv_retrieval.py', chain, str(sd2), module='experiments.no_such_module',
+      log=lambda _: None, cwd=ROOT)}
+  assert status['n_pairs=2'] == 'skipped' and status['n_pairs=4'] == 'failed (exit 1)', status
   assert sweeps.restore_unfinished(str(out), str(tmp_path / 'runs3'), chain) == [
       ('n_pairs=4', 75)]
   (sd2 / 'n_pairs=4' / 'config.json').write_text('live')
   assert sweeps.restore_unfinished(str(out), str(sd2), chain) == []
   assert (sd2 / 'n_pairs=4' / 'config.json').read_text() == 'live'
-  # Without the snapshot, the chain's source would have to run again first.
+  # Without the snapshot (as a crash before its marker leaves it), the chain's source would have
+  # to run again first, and no report says the point resumes.
   os.remove(out / 'n_pairs=4' / sweeps.UNFINISHED_MARKER)
+  assert sweeps.in_progress(str(out)) == []
   logs = []
   assert sweeps.restore(str(out), str(tmp_path / 'runs4'), chain, 'configs/kv_retrieval.py',
                         log=logs.append) == []
@@ -842,6 +888,10 @@ def test_archive_keeps_what_the_reports_read_and_outlives_the_run_dirs(tmp_path)
   expected = sweeps.collect(str(sd))
   shutil.rmtree(sd)  # the machine is gone
   assert sweeps.collect(str(out)) == expected and len(expected) == 2
+  # The report command reads the archive as a sweep dir: a row per point with its best EM.
+  table = _run(['experiments.report', f'--sweep_dir={out}']).splitlines()
+  assert table[0].startswith('| method | seeds | EM (%) |'), table[:4]
+  assert sorted(row.split('|')[3].strip() for row in table[2:4]) == ['10.00', '20.00']
   assert (out / 'K=1,seed=0' / 'metrics.jsonl').read_text().startswith('{"step": 100')
   # A later session's sweep dir with another point (and its own copy of one, without K
   # extrapolation) adds to the archive; the curriculum sources merge.
