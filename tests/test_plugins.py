@@ -1,9 +1,9 @@
 """Plug-ins: a toy task and a toy method defined here, registered here, and run through every
-tool (train_and_evaluate, evaluation with several K, compare, a two-point sweep, the notebook API)
-without any change to the library.
+tool (train_and_evaluate, evaluation with several K, compare, whose points run as a sweep's do,
+the notebook API) without any change to the library.
 
 This file is also the config file of those runs (`--config=tests/test_plugins.py:...`): the
-compare and sweep tools launch fresh processes, which load it, and importing it registers the
+compare tool (and a sweep) launches fresh processes, which load it, and importing it registers the
 plug-ins there too (registrations use replace=True, since pytest and the config loader import it
 under two module names).
 """
@@ -204,26 +204,16 @@ def test_toy_plugins_train_evaluate_and_api(tmp_path):
   assert set(s) == {'logprob', 'exact'}
 
 
-def test_toy_plugins_compare_and_sweep(tmp_path):
+def test_toy_plugins_compare(tmp_path):
+  # compare runs each method as a sweep point, in a fresh process that loads this file by its
+  # --config path and finds the plugins there (experiments.sweep launches points the same way:
+  # sweeps.run_sweep).
   out = _run(['experiments.compare', f'--config={THIS}', f'--workdir={tmp_path / "cmp"}'])
   assert 'mean_writer' in out and 'gradmem' in out and 'first digit' in out
   assert (tmp_path / 'cmp' / 'compare.md').exists()
   assert (tmp_path / 'cmp' / 'em_by_method.png').stat().st_size > 0
-  sweep = tmp_path / 'two.py'
-  sweep.write_text('from gradmem_jax.sweeps import Sweep, grid\n'
-                   'def get_sweep(arg=None):\n'
-                   '  return Sweep("two", grid(K=[1, 2]), figures=("em_vs:K",))\n')
-  sd = tmp_path / 'sweep'
-  # (The toy method's K extrapolation is evaluate_run's, above; test_sweeps runs the sweep's.)
-  out = _run(['experiments.sweep', f'--config={THIS}:steps=2', f'--sweep={sweep}',
-              f'--sweep_dir={sd}'])
-  assert out.count(': running') == 2
-  for k in (1, 2):
-    r = json.load(open(sd / f'K={k}' / 'results.json'))
-    assert (r['method'], r['K'], r['steps']) == ('mean_writer', k, 2)
-  assert (sd / 'em_vs_K.png').stat().st_size > 0
-  table = out[out.index('| K |'):].splitlines()  # the sweep's report: one row per K, the varying
-  assert [row.split('|')[1].strip() for row in table[2:4]] == ['1', '2']  # field
+  r = json.load(open(tmp_path / 'cmp' / 'method=mean_writer' / 'results.json'))
+  assert (r['task'], r['method'], r['steps']) == ('first_digit', 'mean_writer', 4)
 
 
 def test_unknown_plugin_names_are_refused():

@@ -32,7 +32,8 @@ def two_point_sweep(tmp_path):
   path.write_text(
       'from gradmem_jax.sweeps import Sweep, grid\n'
       'def get_sweep(arg=None):\n'
-      '  return Sweep("two", grid(K=[1, 2]), base="tiny,max_steps=2", figures=("em_vs:K",))\n')
+      '  return Sweep("two", grid(K=[1, 2]), base="tiny,max_steps=4,train.checkpoint_every=2", '
+      'figures=("em_vs:K",))\n')
   return str(path)
 
 
@@ -44,7 +45,7 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   assert first.count(': running') == 2
   for slug in ('K=1', 'K=2'):
     r = json.load(open(sd / slug / 'results.json'))
-    assert r['K'] == int(slug[-1]) and r['steps'] == 2
+    assert r['K'] == int(slug[-1]) and r['steps'] == 4
     assert [row['K_eval'] for row in json.load(open(sd / slug / 'k_extrapolation.json'))] == [1, 2]
   # A point is evaluated as soon as it finishes, before the next one starts: a sweep cut short
   # keeps the K extrapolation of what it finished.
@@ -58,22 +59,47 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   assert second.count('finished, skipped') == 2 and ': running' not in second
   assert 'K=2: evaluated with K_eval=[1, 2]' in second and 'K=1: evaluated' not in second
   assert json.load(open(sd / 'K=2' / 'k_extrapolation.json')) == own
-  # The machine goes; the archive (with every point's best parameters) comes back in a fresh
-  # sweep dir, and the parameters load as the run's own did.
+  # The machine goes, and K=2 with it after its step-2 checkpoint (a run longer than the
+  # machine's life: step 4 and results.json never written). The archive (with every point's best
+  # parameters, and a snapshot of the unfinished K=2) comes back in a fresh sweep dir: K=1's
+  # parameters load as the run's own did, and K=2 resumes at step 2 and ends where the run that
+  # never stopped ended, bit for bit.
   from configs import kv_retrieval
   from gradmem_jax.training import abstract_state, build_experiment
   from gradmem_jax.training.checkpoint import load_params
-  abstract = abstract_state(build_experiment(kv_retrieval.get_config('tiny,max_steps=2')))[0]
+  arg = 'tiny,max_steps=4,train.checkpoint_every=2'
+  abstract = abstract_state(build_experiment(kv_retrieval.get_config(arg)))[0]
   want = load_params(str(sd / 'K=1'), abstract['params'])
-  sweeps.archive(str(sd), str(tmp_path / 'archive'), best='all')
+  want_k2 = load_params(str(sd / 'K=2' / 'checkpoints' / '4'), abstract['params'])[0]
+  results_k2 = json.load(open(sd / 'K=2' / 'results.json'))
+  for lost in ('results.json', 'k_extrapolation.json', 'checkpoints/4'):
+    (shutil.rmtree if os.path.isdir(sd / 'K=2' / lost) else os.remove)(sd / 'K=2' / lost)
+  archive = tmp_path / 'archive'
+  printed = _run(['experiments.archive', f'--sweep_dir={sd}', f'--out={archive}', '--best=all'])
+  assert 'archived 1 finished points' in printed and 'snapshotted 1 unfinished points' in printed
+  assert 'K=2: step 2' in printed
+  assert sorted(os.listdir(archive / 'K=2' / 'checkpoints')) == ['2']
+  assert json.load(open(archive / 'K=2' / sweeps.UNFINISHED_MARKER)) == {'step': 2, 'max_steps': 4}
   shutil.rmtree(sd)
   sd2 = tmp_path / 'sweep2'
-  third = _run(args[:-1] + [f'--sweep_dir={sd2}', f'--from_archive={tmp_path / "archive"}'])
-  assert 'restored 2 finished points' in third and third.count('finished, skipped') == 2
+  third = _run(args[:-1] + [f'--sweep_dir={sd2}', f'--from_archive={archive}'])
+  assert 'restored 1 finished points' in third and third.count('finished, skipped') == 1
+  assert 'K=2: resumes from its archived step 2' in third
+  assert 'steps 2->4' in (sd2 / 'K=2' / 'stdout.log').read_text()  # not 0->4
   got = load_params(str(sd2 / 'K=1'), abstract['params'])
   assert got[1] == want[1]  # the step and the metrics it was kept for
   for a, b in zip(jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(want[0])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  got_k2 = load_params(str(sd2 / 'K=2' / 'checkpoints' / '4'), abstract['params'])[0]
+  for a, b in zip(jax.tree_util.tree_leaves(got_k2), jax.tree_util.tree_leaves(want_k2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  resumed = json.load(open(sd2 / 'K=2' / 'results.json'))
+  assert resumed['steps'] == 4 and resumed['best'] == results_k2['best']
+  # Archived again, finished: the snapshot goes, the results stay.
+  sweeps.archive(str(sd2), str(archive))
+  assert sweeps.archive_unfinished(str(sd2), str(archive)) == []
+  assert sweeps.is_finished(archive / 'K=2') and not (archive / 'K=2' / 'checkpoints').exists()
+  assert not (archive / 'K=2' / sweeps.UNFINISHED_MARKER).exists()
 
 
 def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_path):
@@ -714,49 +740,6 @@ def test_report_means_stds_and_figure(tmp_path):
     report.make_report(runs, str(tmp_path / 'out2'), figures=('em_vs_nothing',))
   csv_text = (tmp_path / 'out' / 'report.csv').read_text()
   assert csv_text.splitlines()[0].startswith('K,seeds,em_mean')
-
-
-def test_an_unfinished_run_continues_from_its_archived_snapshot_bit_for_bit(tmp_path):
-  # A 6-step run (checkpoints at 3 and 6) stands in for one longer than a machine's life: its
-  # machine went after step 3 (step 6 and results.json never written). The snapshot archived
-  # then, restored on a fresh machine, resumes at step 3 and ends where the run that was never
-  # stopped ended, parameters bit for bit.
-  path = tmp_path / 'one.py'
-  path.write_text('from gradmem_jax.sweeps import Sweep\n'
-                  'def get_sweep(arg=None):\n'
-                  '  return Sweep("one", [{"seed": 0}], base="tiny")\n')
-  args = lambda sd, *more: ['experiments.sweep', f'--config={ROOT}/configs/kv_retrieval.py',
-                            f'--sweep={path}', f'--sweep_dir={sd}', '--report=false', *more]
-  whole, cut = tmp_path / 'whole', tmp_path / 'cut'
-  _run(args(whole))
-  shutil.copytree(whole, cut)
-  point = cut / 'seed=0'
-  for lost in ('results.json', 'checkpoints/6'):
-    (shutil.rmtree if os.path.isdir(point / lost) else os.remove)(point / lost)
-  printed = _run(['experiments.archive', f'--sweep_dir={cut}', f'--out={tmp_path / "archive"}'])
-  assert 'snapshotted 1 unfinished points' in printed and 'seed=0: step 3' in printed
-  snap = tmp_path / 'archive' / 'seed=0'
-  assert sorted(os.listdir(snap / 'checkpoints')) == ['3']
-  assert json.load(open(snap / sweeps.UNFINISHED_MARKER)) == {'step': 3, 'max_steps': 6}
-  shutil.rmtree(cut)  # the machine is gone
-  fresh = tmp_path / 'fresh'
-  printed = _run(args(fresh, f'--from_archive={tmp_path / "archive"}'))
-  assert 'seed=0: resumes from its archived step 3' in printed
-  assert 'steps 3->6' in (fresh / 'seed=0' / 'stdout.log').read_text()  # not 0->6
-  from configs import kv_retrieval
-  from gradmem_jax.training import abstract_state, build_experiment
-  from gradmem_jax.training.checkpoint import load_params
-  abstract = abstract_state(build_experiment(kv_retrieval.get_config('tiny')))[0]
-  got, want = (load_params(str(d / 'seed=0' / 'checkpoints' / '6'), abstract['params'])[0]
-               for d in (fresh, whole))
-  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  results = lambda d: json.load(open(d / 'seed=0' / 'results.json'))
-  assert results(fresh)['steps'] == 6 and results(fresh)['best'] == results(whole)['best']
-  # Archived again, finished: the snapshot goes, the results stay.
-  _run(['experiments.archive', f'--sweep_dir={fresh}', f'--out={tmp_path / "archive"}'])
-  assert sweeps.is_finished(snap) and not (snap / 'checkpoints').exists()
-  assert not (snap / sweeps.UNFINISHED_MARKER).exists()
 
 
 def test_archived_snapshots_take_the_latest_complete_step_and_spare_a_chain_its_source(tmp_path):
