@@ -7,7 +7,8 @@ answers are (another pair's value, the right first symbol, other; `gradmem_jax.k
       [--K_eval=K] [--overrides=data.n_val=2000] --out=DIR
 
 Each run answers its validation set by greedy generation from its best parameters (its trained
-K, or --K_eval for a method with test-time K). Writes kv_errors.md and kv_errors.json to --out.
+K, or --K_eval for a method with test-time K). Writes kv_errors.md, kv_errors.json and
+kv_errors.png (EM by place, the answers' outcomes) to --out.
 """
 from __future__ import annotations
 
@@ -77,11 +78,13 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, 'kv_errors.md'), 'w') as f:
     f.write('# What the KV runs get wrong\n\nOutcomes of the generated answers, then EM by the '
-            "queried pair's place in the context (answers there in brackets).\n\n" + md + '\n')
+            "queried pair's place in the context (answers there in brackets).\n\n" + md +
+            '\n\n![kv errors](kv_errors.png)\n')
   with open(os.path.join(_OUT.value, 'kv_errors.json'), 'w') as f:
     json.dump([{'name': n, **r} for n, r in results], f, indent=2)
+  kv_errors.plot(results, os.path.join(_OUT.value, 'kv_errors.png'))
   print(md)
-  print(f'wrote {_OUT.value}/kv_errors.{{md,json}}')
+  print(f'wrote {_OUT.value}/kv_errors.{{md,json,png}}')
 
 
 if __name__ == '__main__':

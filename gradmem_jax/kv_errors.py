@@ -84,3 +84,29 @@ def markdown(summaries: Sequence[tuple[str, dict]]) -> str:
     em = {b['position']: f'{100 * b["em"]:.1f}% ({b["n"]})' for b in s['by_position']}
     lines.append(f'| {name} | ' + ' | '.join(em.get(p, '-') for p in range(1, n_pos + 1)) + ' |')
   return '\n'.join(lines)
+
+
+def plot(summaries: Sequence[tuple[str, dict]], path: str) -> None:
+  """Two panels over (name, summarize()) pairs: EM by the queried pair's place (a line per run),
+  and the outcomes of the answers (a stacked bar per run)."""
+  from gradmem_jax.report import _pyplot  # matplotlib, headless
+  plt = _pyplot()
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+  for name, s in summaries:
+    pos = [b['position'] for b in s['by_position']]
+    ax1.plot(pos, [100 * b['em'] for b in s['by_position']], marker='o', label=name)
+  ax1.set(xlabel="queried pair's place in the context (1 = first)", ylabel='EM (%)',
+          title='EM by place', ylim=(-2, 102))
+  ax1.legend(fontsize=7)
+  bottom = [0.0] * len(summaries)
+  for o in OUTCOMES:
+    vals = [100 * s['outcomes'][o] for _, s in summaries]
+    ax2.barh(range(len(summaries)), vals, left=bottom, label=o)
+    bottom = [b + v for b, v in zip(bottom, vals)]
+  ax2.set_yticks(range(len(summaries)), [n for n, _ in summaries], fontsize=7)
+  ax2.invert_yaxis()
+  ax2.set(xlabel='answers (%)', title='what the answers are', xlim=(0, 100))
+  ax2.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.13), ncol=len(OUTCOMES))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -79,6 +79,7 @@ def test_kv_errors_command_reads_a_full_context_run(tmp_path):
   assert sum(b['n'] for b in got['by_position']) == 16
   assert got['em'] == pytest.approx(got['gen_em'])  # the evaluator's own score of the answers
   assert '| tiny | 16 |' in (tmp_path / 'e' / 'kv_errors.md').read_text()
+  assert (tmp_path / 'e' / 'kv_errors.png').stat().st_size > 0
   out = run('experiments.kv_errors', f'--workdir={wd}', '--name=a', '--name=b',
             f'--out={tmp_path / "e"}')
   assert out.returncode != 0 and '--name is given 2 times for 1 --workdir flags' in out.stderr
