@@ -91,7 +91,7 @@ def plot(summaries: Sequence[tuple[str, dict]], path: str) -> None:
   and the outcomes of the answers (a stacked bar per run)."""
   from gradmem_jax.report import _pyplot  # matplotlib, headless
   plt = _pyplot()
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4.5, 1.5 + 0.3 * len(summaries))))
   for name, s in summaries:
     pos = [b['position'] for b in s['by_position']]
     ax1.plot(pos, [100 * b['em'] for b in s['by_position']], marker='o', label=name)
