@@ -749,7 +749,8 @@ def still_to_run_lines(runs: Sequence[dict], points: Sequence[dict], spec: str,
   resuming = sum(k in progress for (lab, n), seeds in missing.items()
                  for k in ((lab, n, s) for s in seeds))
   if resuming:
-    lines += ['', f'{resuming} of them have a checkpoint (a live run, or a snapshot in an archive '
+    lines += ['', f'{resuming} of them {"has" if resuming == 1 else "have"} a checkpoint (a live '
+              'run, or a snapshot in an archive '
               'that `experiments.sweep --from_archive` restores): they resume at the step named.']
   return lines
 
