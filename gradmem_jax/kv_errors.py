@@ -92,9 +92,11 @@ def plot(summaries: Sequence[tuple[str, dict]], path: str) -> None:
   from gradmem_jax.report import _pyplot  # matplotlib, headless
   plt = _pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4.5, 1.5 + 0.3 * len(summaries))))
-  for name, s in summaries:
+  markers = 'osD^v<>ph*'
+  for i, (name, s) in enumerate(summaries):  # 20 colours x 10 markers: no two runs look alike
     pos = [b['position'] for b in s['by_position']]
-    ax1.plot(pos, [100 * b['em'] for b in s['by_position']], marker='o', label=name)
+    ax1.plot(pos, [100 * b['em'] for b in s['by_position']], marker=markers[i % len(markers)],
+             color=plt.cm.tab20(i % 20), label=name)
   ax1.set(xlabel="queried pair's place in the context (1 = first)", ylabel='EM (%)',
           title='EM by place', ylim=(-2, 102))
   ax1.legend(fontsize=7)
