@@ -615,11 +615,11 @@ def in_progress(sweep_dir: str) -> list[dict]:
     if step is None:
       continue
     max_steps = None
-    for f, get in ((UNFINISHED_MARKER, lambda d: d.get('max_steps')),
-                   ('config.json', lambda d: d.get('train', {}).get('max_steps'))):
-      if max_steps is None and os.path.exists(os.path.join(wd, f)):
-        with open(os.path.join(wd, f)) as fh:
-          max_steps = get(json.load(fh))
+    if os.path.exists(os.path.join(wd, UNFINISHED_MARKER)):
+      with open(os.path.join(wd, UNFINISHED_MARKER)) as f:
+        max_steps = json.load(f).get('max_steps')
+    if max_steps is None:
+      max_steps = _config_max_steps(wd)
     rows.append({'slug': name, 'overrides': overrides.get(name, {}), 'step': step,
                  'max_steps': max_steps})
   return rows
@@ -866,6 +866,15 @@ def _complete_steps(directory: str) -> list[int]:
                  and os.path.exists(os.path.join(directory, n, _COMMIT_MARKER))), reverse=True)
 
 
+def _config_max_steps(point_dir: str) -> Optional[int]:
+  """train.max_steps of the run's config.json, or None without one."""
+  path = os.path.join(point_dir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get('train', {}).get('max_steps')
+
+
 def unfinished_step(point_dir: str) -> Optional[int]:
   """The step at which an archived unfinished point stopped, or None when `point_dir` holds no
   snapshot (no UNFINISHED_MARKER, or a finished point)."""
@@ -945,8 +954,7 @@ def archive_unfinished(sweep_dir: str, out_dir: str, log=print) -> list[tuple[st
       for f in _SNAPSHOT_FILES:
         if os.path.exists(os.path.join(src, f)):
           _copy_atomic(os.path.join(src, f), os.path.join(dst, f))
-      with open(os.path.join(dst, 'config.json')) as f:
-        max_steps = json.load(f).get('train', {}).get('max_steps')
+      max_steps = _config_max_steps(dst)
     except (OSError, shutil.Error, ValueError) as e:
       _remove_tree(new_step)
       if old_marker is not None:  # the earlier snapshot: its step is whole; a newer best/ and
