@@ -628,8 +628,10 @@ def in_progress(sweep_dir: str) -> list[dict]:
 # What a report needs of a finished point: no checkpoints, best parameters or TensorBoard events.
 # results.json last: it marks a point finished, so an archive cut short leaves none that looks
 # finished without the rest.
+# environment.jsonl: the machine and software of each session of the run
+# (training/environment.ENVIRONMENT_FILE, restated so that this module imports no JAX).
 ARCHIVED_FILES = ('config.json', 'metrics.jsonl', 'k_extrapolation.json', 'stdout.log',
-                  'results.json')
+                  'environment.jsonl', 'results.json')
 
 
 def _write_json(path: str, obj: Any, tmp: Optional[str] = None) -> None:
@@ -854,7 +856,7 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
 # where it stopped. UNFINISHED_MARKER, written last, names the step; a directory without it is
 # not a snapshot (a copy cut short).
 UNFINISHED_MARKER = 'unfinished.json'
-_SNAPSHOT_FILES = ('config.json', 'metrics.jsonl', 'stdout.log')
+_SNAPSHOT_FILES = ('config.json', 'metrics.jsonl', 'stdout.log', 'environment.jsonl')
 _COMMIT_MARKER = 'commit_success.txt'  # orbax's, in a complete step directory (checkpoint.py)
 
 

@@ -95,11 +95,19 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   resumed = json.load(open(sd2 / 'K=2' / 'results.json'))
   assert resumed['steps'] == 4 and resumed['best'] == results_k2['best']
+  # Each session of the run says where it ran: the snapshot carried the first one's record.
+  from gradmem_jax.training import environment
+  assert sweeps.ARCHIVED_FILES[-1] == 'results.json'  # written last: a point is whole once there
+  assert environment.ENVIRONMENT_FILE in sweeps.ARCHIVED_FILES
+  sessions = environment.read(str(sd2 / 'K=2'))
+  assert [e['start_step'] for e in sessions] == [0, 2]
+  assert resumed['environment'] == sessions[-1]
   # Archived again, finished: the snapshot goes, the results stay.
   sweeps.archive(str(sd2), str(archive))
   assert sweeps.archive_unfinished(str(sd2), str(archive)) == []
   assert sweeps.is_finished(archive / 'K=2') and not (archive / 'K=2' / 'checkpoints').exists()
   assert not (archive / 'K=2' / sweeps.UNFINISHED_MARKER).exists()
+  assert environment.read(str(archive / 'K=2')) == sessions
 
 
 def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_path):

@@ -38,6 +38,14 @@ def test_train_and_evaluate_smoke(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 3, 4, 5, 6]
   assert any('val/em' in r for r in rows)
+  # Where it ran, for comparing runs across machines (one record per session).
+  from gradmem_jax.training import environment
+  (env,) = environment.read(str(tmp_path))
+  assert env['start_step'] == 0 and env['platform'] == 'cpu' and env['device_count'] == 1
+  assert env['packages']['jax'] == jax.__version__ and env['python'] == sys.version.split()[0]
+  assert set(env['cpu_isa']) <= set(environment.ISA_FLAGS)
+  assert env['git_commit'] is None or len(env['git_commit']) == 40
+  assert results['environment'] == env
   saved = json.load(open(tmp_path / 'results.json'))
   assert saved['final']['token_acc'] >= 0 and saved['memory_floats'] == 2 * 16
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
@@ -47,6 +55,20 @@ def test_train_and_evaluate_smoke(tmp_path):
   # Rerunning a finished workdir does not train again.
   again = train_and_evaluate(config, str(tmp_path))
   assert again['steps'] == 6 and again['stop_reason'] == 'already finished'
+
+
+def test_cpu_info_reads_model_and_isa_flags(tmp_path):
+  from gradmem_jax.training import environment
+  x86 = tmp_path / 'x86'
+  x86.write_text('processor\t: 0\nmodel name\t: AMD EPYC 9B45\nflags\t\t: fpu sse4_2 avx avx2 '
+                 'fma avx512f avx512bw\n\nprocessor\t: 1\nmodel name\t: other\nflags\t: sse4_2\n')
+  assert environment.cpu_info(str(x86)) == ('AMD EPYC 9B45',
+                                            ['sse4_2', 'avx', 'avx2', 'fma', 'avx512f'])
+  arm = tmp_path / 'arm'
+  arm.write_text('processor\t: 0\nFeatures\t: fp asimd sve\n')
+  model, isa = environment.cpu_info(str(arm))
+  assert isa == ['asimd', 'sve']
+  assert environment.cpu_info(str(tmp_path / 'none'))[1] == []
 
 
 def test_max_steps_zero_evaluates_the_initial_parameters(tmp_path):

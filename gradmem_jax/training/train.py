@@ -32,6 +32,7 @@ from absl import logging
 from gradmem_jax import config_lib, workdir_lock
 from gradmem_jax.data import BATCH_SPEC
 from gradmem_jax.models import pretrained as pretrained_lib
+from gradmem_jax.training import environment
 from gradmem_jax.training import mesh as mesh_lib
 from gradmem_jax.training.checkpoint import Checkpointer, load_params
 from gradmem_jax.training.evaluators import (build_evaluators, evaluate_all, flops_per_sample,
@@ -236,9 +237,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # -- Restore or initialise (resume, init_from, pretrained, fresh).
   t_start = time.perf_counter()
   state, meta, resumed = restore_or_init(exp, ckpt, abstract, shardings, say)
+  start_step = int(state['step'])
+  env = None
   if is_main:  # only now: a workdir that cannot be resumed keeps its own config.json
     _write_config(workdir, cfg)
-  start_step = int(state['step'])
+    env = environment.record(workdir, start_step)  # this session's machine and software
   elapsed_before = float(meta.get('elapsed_s', 0.0))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step if resumed else None)
   evaluators = build_evaluators(exp)
@@ -395,6 +398,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       'seed': int(cfg.seed), 'devices': exp.mesh.size,
       'skipped_steps': int(meta.get('skipped_steps', 0)),
       'params_checksum': params_checksum(state['params']),
+      'environment': env,  # the finishing session's; every session's in environment.jsonl
   }
   print(f'process {jax.process_index()}/{jax.process_count()}: params checksum '
         f'{results["params_checksum"]!r}', flush=True)

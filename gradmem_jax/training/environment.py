@@ -1,0 +1,118 @@
+"""Where a run ran: the machine, its instruction set and the software, one record per session.
+
+The same config and seed give the same run bit for bit on one machine, but not across machines:
+XLA compiles for the CPU it runs on (vector width, fused multiply-add), which changes float
+rounding in the last bits, and training amplifies that (WORKSPACE.md section 6 measured it on
+the KV claims runs). So each start of a run (the first, and every resume, possibly on another
+machine) appends `describe()` to <workdir>/environment.jsonl, and results.json keeps the
+finishing session's. Nothing here may fail a run: a field that cannot be read is None.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Optional
+
+ENVIRONMENT_FILE = 'environment.jsonl'
+
+# CPU flags that change what XLA:CPU emits (vector width, FMA, matrix units); /proc/cpuinfo names.
+ISA_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_fp16',
+             'avx512_vnni', 'amx_bf16', 'amx_tile', 'asimd', 'sve')
+_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cpu_info(cpuinfo: str = '/proc/cpuinfo') -> tuple[Optional[str], list[str]]:
+  """(model name, the ISA_FLAGS it has) from a Linux cpuinfo file; (platform's name, []) where
+  there is none (macOS, Windows)."""
+  try:
+    with open(cpuinfo) as f:
+      text = f.read()
+  except OSError:
+    return platform.processor() or None, []
+  model, flags = None, set()
+  for line in text.splitlines():
+    key, _, value = line.partition(':')
+    key = key.strip()
+    if key in ('model name', 'Processor') and model is None:
+      model = value.strip() or None
+    elif key in ('flags', 'Features') and not flags:  # x86 / ARM; the first CPU's
+      flags = set(value.split())
+  return model or platform.processor() or None, [f for f in ISA_FLAGS if f in flags]
+
+
+def _version(package: str) -> Optional[str]:
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def git_commit(repo: str = _REPO) -> tuple[Optional[str], Optional[bool]]:
+  """(HEAD's commit, whether tracked files differ from it) of the checkout this code runs from,
+  or (None, None) outside a git checkout or without git."""
+  if not os.path.exists(os.path.join(repo, '.git')):  # an installed copy: not the checkout's
+    return None, None
+
+  def git(*args):
+    return subprocess.run(['git', '-C', repo, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout
+  try:
+    commit = git('rev-parse', 'HEAD').strip()
+    dirty = bool(git('status', '--porcelain', '--untracked-files=no').strip())
+  except (OSError, subprocess.SubprocessError):
+    return None, None
+  return commit or None, dirty
+
+
+def describe() -> dict:
+  """The machine and software of this process (JSON-serialisable)."""
+  import jax  # here, so that the report tools can read environment files without JAX
+  model, isa = cpu_info()
+  try:
+    devices = jax.devices()
+    backend, kind = jax.default_backend(), devices[0].device_kind
+  except RuntimeError:  # no backend (should not happen inside a run)
+    devices, backend, kind = [], None, None
+  commit, dirty = git_commit()
+  return {
+      'time': time.time(), 'platform': backend, 'device_kind': kind,
+      'device_count': len(devices), 'process_count': jax.process_count(),
+      'cpu_model': model, 'cpu_isa': isa, 'cpu_count': os.cpu_count(),
+      'os': platform.platform(), 'python': platform.python_version(),
+      'packages': {p: _version(p) for p in _PACKAGES},
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'git_commit': commit, 'git_dirty': dirty,
+  }
+
+
+def record(workdir: str, start_step: int) -> dict:
+  """Appends this session's `describe()` with the step it starts at to the workdir's
+  ENVIRONMENT_FILE and returns it. A file it cannot write only warns."""
+  env = {'start_step': int(start_step), **describe()}
+  try:
+    with open(os.path.join(workdir, ENVIRONMENT_FILE), 'a') as f:
+      f.write(json.dumps(env, sort_keys=True) + '\n')
+  except OSError as e:
+    print(f'warning: could not record the environment in {workdir}: {e}', file=sys.stderr)
+  return env
+
+
+def read(workdir: str) -> list[dict]:
+  """The sessions recorded in a workdir (oldest first); unreadable lines are skipped."""
+  path = os.path.join(workdir, ENVIRONMENT_FILE)
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        continue
+  return rows
