@@ -522,10 +522,12 @@ def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
 
 LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', 'seed', 'best_em',
                  'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source', 'stop_reason',
-                 'em_curve', 'backbone')
+                 'em_curve', 'backbone', 'machine')
 # Columns added later: a ledger written before them still reads (as runs without a curve, on the
-# default backbone).
-OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone')
+# default backbone, on a machine not recorded). 'machine': where the run's sessions ran
+# (environment.machine of each, joined by ' -> ' in order), blank for runs from before
+# environment.jsonl.
+OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone', 'machine')
 LEDGER_METHODS = ('gradmem', 'rmt', 'full_context')
 
 
@@ -548,7 +550,8 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'stop_reason': r.get('stop_reason') or '',
         'em_curve': (json.dumps([[int(s), round(float(e), 6)] for s, e in r['em_curve']],
                                 separators=(',', ':')) if r.get('em_curve') else ''),
-        'backbone': '' if identity_value(r, 'backbone') == DEFAULT_BACKBONE else r['backbone']})
+        'backbone': '' if identity_value(r, 'backbone') == DEFAULT_BACKBONE else r['backbone'],
+        'machine': ' -> '.join(r['machines']) if r.get('machines') else r.get('machine') or ''})
   rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
   return rows
 
@@ -614,7 +617,8 @@ def _read_ledger(path: str) -> list[dict]:
            'steps': _ledger_value(path, line, row, 'steps', int, allow_blank=True),
            'wall_time_s': _ledger_value(path, line, row, 'wall_time_s', float, allow_blank=True),
            'source': (row['source'] or '').strip(),
-           'stop_reason': (row.get('stop_reason') or '').strip() or None}
+           'stop_reason': (row.get('stop_reason') or '').strip() or None,
+           'machine': (row.get('machine') or '').strip()}
       em = _ledger_value(path, line, row, 'best_em', float)
       if not 0.0 <= em <= 1.0:
         raise ValueError(f"{where}, field 'best_em': {em} is outside [0, 1] (a fraction, not %)")

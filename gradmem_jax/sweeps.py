@@ -27,7 +27,7 @@ import time
 import warnings
 from typing import Any, Iterable, Optional, Sequence
 
-from gradmem_jax import config_lib, workdir_lock
+from gradmem_jax import config_lib, environment, workdir_lock
 
 Point = dict
 
@@ -574,7 +574,9 @@ def collect_finished(sweep_dir: str) -> list[dict]:
 
 
 def collect(sweep_dir: str) -> list[dict]:
-  """Every point's results.json with its overrides (from sweep.json, else config.json)."""
+  """Every point's results.json with its overrides (from sweep.json, else config.json), its
+  K extrapolation and 'machines': where its sessions ran (environment.machine of each distinct
+  one in environment.jsonl, in order; empty for runs from before that file)."""
   manifest_path = os.path.join(sweep_dir, 'sweep.json')
   overrides = {}
   if os.path.exists(manifest_path):
@@ -591,6 +593,8 @@ def collect(sweep_dir: str) -> list[dict]:
     kx = os.path.join(sweep_dir, name, 'k_extrapolation.json')
     if os.path.exists(kx):
       r['k_extrapolation'] = json.load(open(kx))
+    sessions = [environment.machine(e) for e in environment.read(os.path.join(sweep_dir, name))]
+    r['machines'] = list(dict.fromkeys(sessions))
     rows.append(r)
   return rows
 
@@ -628,10 +632,8 @@ def in_progress(sweep_dir: str) -> list[dict]:
 # What a report needs of a finished point: no checkpoints, best parameters or TensorBoard events.
 # results.json last: it marks a point finished, so an archive cut short leaves none that looks
 # finished without the rest.
-# environment.jsonl: the machine and software of each session of the run
-# (training/environment.ENVIRONMENT_FILE, restated so that this module imports no JAX).
 ARCHIVED_FILES = ('config.json', 'metrics.jsonl', 'k_extrapolation.json', 'stdout.log',
-                  'environment.jsonl', 'results.json')
+                  environment.ENVIRONMENT_FILE, 'results.json')
 
 
 def _write_json(path: str, obj: Any, tmp: Optional[str] = None) -> None:
@@ -856,7 +858,7 @@ def restore(archive_dir: str, sweep_dir: str, sweep: Sweep, config_spec: str,
 # where it stopped. UNFINISHED_MARKER, written last, names the step; a directory without it is
 # not a snapshot (a copy cut short).
 UNFINISHED_MARKER = 'unfinished.json'
-_SNAPSHOT_FILES = ('config.json', 'metrics.jsonl', 'stdout.log', 'environment.jsonl')
+_SNAPSHOT_FILES = ('config.json', 'metrics.jsonl', 'stdout.log', environment.ENVIRONMENT_FILE)
 _COMMIT_MARKER = 'commit_success.txt'  # orbax's, in a complete step directory (checkpoint.py)
 
 

@@ -171,13 +171,24 @@ def test_overlay_replaces_only_the_same_method_n_and_seed():
   assert claims.overlay([grid, again]) == again
 
 
+def test_the_report_tools_import_no_jax():
+  # They run where results are read (a laptop with the archive), not where models train.
+  code = ('import sys; import gradmem_jax.claims, gradmem_jax.report, gradmem_jax.sweeps, '
+          'gradmem_jax.kv_errors, gradmem_jax.environment; '
+          'assert "jax" not in sys.modules, sorted(m for m in sys.modules if "jax" in m)')
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+
 def test_the_runs_ledger_stands_for_the_runs(tmp_path):
   runs = _runs()
   for r in runs:
     r['best_step'] = 500
   runs[0]['wall_time_s'] = None  # a run whose time was not kept
+  runs[1]['machines'] = ['AMD EPYC (avx2)', 'AMD EPYC (avx512f)']  # resumed on another machine
   out = claims.make_claims_report(runs, str(tmp_path))
   back = claims.read_ledger(str(tmp_path / 'runs.csv'))
+  assert sorted(r['machine'] for r in back) == [''] * (len(runs) - 1) + [
+      'AMD EPYC (avx2) -> AMD EPYC (avx512f)']
   assert len(back) == len(runs)  # the full-context baseline included
   want, got = out['cells'], claims.cells(back)
   assert list(got) == list(want)

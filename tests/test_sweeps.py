@@ -96,12 +96,14 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   resumed = json.load(open(sd2 / 'K=2' / 'results.json'))
   assert resumed['steps'] == 4 and resumed['best'] == results_k2['best']
   # Each session of the run says where it ran: the snapshot carried the first one's record.
-  from gradmem_jax.training import environment
+  from gradmem_jax import environment
   assert sweeps.ARCHIVED_FILES[-1] == 'results.json'  # written last: a point is whole once there
   assert environment.ENVIRONMENT_FILE in sweeps.ARCHIVED_FILES
   sessions = environment.read(str(sd2 / 'K=2'))
   assert [e['start_step'] for e in sessions] == [0, 2]
   assert resumed['environment'] == sessions[-1]
+  (k2,) = [r for r in sweeps.collect(str(sd2)) if r['slug'] == 'K=2']
+  assert k2['machines'] == [environment.machine(sessions[0])]  # one machine, two sessions
   # Archived again, finished: the snapshot goes, the results stay.
   sweeps.archive(str(sd2), str(archive))
   assert sweeps.archive_unfinished(str(sd2), str(archive)) == []

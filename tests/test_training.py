@@ -39,13 +39,18 @@ def test_train_and_evaluate_smoke(tmp_path):
   assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 3, 4, 5, 6]
   assert any('val/em' in r for r in rows)
   # Where it ran, for comparing runs across machines (one record per session).
-  from gradmem_jax.training import environment
+  from gradmem_jax import environment
   (env,) = environment.read(str(tmp_path))
   assert env['start_step'] == 0 and env['platform'] == 'cpu' and env['device_count'] == 1
   assert env['packages']['jax'] == jax.__version__ and env['python'] == sys.version.split()[0]
   assert set(env['cpu_isa']) <= set(environment.ISA_FLAGS)
   assert env['git_commit'] is None or len(env['git_commit']) == 40
   assert results['environment'] == env
+  assert environment.machine(env).startswith(env['cpu_model'] or 'unknown CPU')
+  assert environment.machine({'platform': 'gpu', 'device_count': 8, 'device_kind': 'H100',
+                              'xla_flags': '--x=1'}) == '8 x H100; XLA_FLAGS=--x=1'
+  assert environment.machine({'platform': 'cpu', 'cpu_model': 'EPYC',
+                              'cpu_isa': ['avx', 'avx2', 'avx512f']}) == 'EPYC (avx512f)'
   saved = json.load(open(tmp_path / 'results.json'))
   assert saved['final']['token_acc'] >= 0 and saved['memory_floats'] == 2 * 16
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
@@ -58,7 +63,7 @@ def test_train_and_evaluate_smoke(tmp_path):
 
 
 def test_cpu_info_reads_model_and_isa_flags(tmp_path):
-  from gradmem_jax.training import environment
+  from gradmem_jax import environment
   x86 = tmp_path / 'x86'
   x86.write_text('processor\t: 0\nmodel name\t: AMD EPYC 9B45\nflags\t\t: fpu sse4_2 avx avx2 '
                  'fma avx512f avx512bw\n\nprocessor\t: 1\nmodel name\t: other\nflags\t: sse4_2\n')

@@ -29,10 +29,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gradmem_jax import config_lib, workdir_lock
+from gradmem_jax import config_lib, environment, workdir_lock
 from gradmem_jax.data import BATCH_SPEC
 from gradmem_jax.models import pretrained as pretrained_lib
-from gradmem_jax.training import environment
 from gradmem_jax.training import mesh as mesh_lib
 from gradmem_jax.training.checkpoint import Checkpointer, load_params
 from gradmem_jax.training.evaluators import (build_evaluators, evaluate_all, flops_per_sample,

@@ -5,7 +5,8 @@ XLA compiles for the CPU it runs on (vector width, fused multiply-add), which ch
 rounding in the last bits, and training amplifies that (WORKSPACE.md section 6 measured it on
 the KV claims runs). So each start of a run (the first, and every resume, possibly on another
 machine) appends `describe()` to <workdir>/environment.jsonl, and results.json keeps the
-finishing session's. Nothing here may fail a run: a field that cannot be read is None.
+finishing session's. Nothing here may fail a run: a field that cannot be read is None. JAX is
+imported only to describe a live process: the report tools read these records without it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ ENVIRONMENT_FILE = 'environment.jsonl'
 ISA_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_fp16',
              'avx512_vnni', 'amx_bf16', 'amx_tile', 'asimd', 'sve')
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_info(cpuinfo: str = '/proc/cpuinfo') -> tuple[Optional[str], list[str]]:
@@ -101,6 +102,24 @@ def record(workdir: str, start_step: int) -> dict:
   except OSError as e:
     print(f'warning: could not record the environment in {workdir}: {e}', file=sys.stderr)
   return env
+
+
+# The widest first: what a one-word summary of a CPU names.
+_ISA_ORDER = ('amx_tile', 'avx512f', 'avx2', 'avx', 'sse4_2', 'sve', 'asimd')
+
+
+def machine(env: dict) -> str:
+  """A one-line name of where a session ran, for tables: the device kind on an accelerator, the
+  CPU model and its widest vector ISA on a CPU, and XLA_FLAGS when set (they may narrow the ISA),
+  e.g. 'AMD EPYC (avx512f)'."""
+  if env.get('platform') not in (None, 'cpu'):
+    name = f"{env.get('device_count') or '?'} x {env.get('device_kind') or env['platform']}"
+  else:
+    isa = next((f for f in _ISA_ORDER if f in (env.get('cpu_isa') or ())), None)
+    name = (env.get('cpu_model') or 'unknown CPU') + (f' ({isa})' if isa else '')
+  if env.get('xla_flags'):
+    name += f"; XLA_FLAGS={env['xla_flags']}"
+  return name
 
 
 def read(workdir: str) -> list[dict]:
