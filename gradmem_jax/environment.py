@@ -1,9 +1,10 @@
 """Where a run ran: the machine, its instruction set and the software, one record per session.
 
-The same config and seed give the same run bit for bit on one machine, but not across machines:
-XLA compiles for the CPU it runs on (vector width, fused multiply-add), which changes float
-rounding in the last bits, and training amplifies that (WORKSPACE.md section 6 measured it on
-the KV claims runs). So each start of a run (the first, and every resume, possibly on another
+The same config and seed give the same run bit for bit on one machine with the same CPUs, but
+not across machines, nor with another number of usable CPUs: XLA compiles for the CPU it runs on
+(vector width, fused multiply-add) and sizes its thread pools from the CPUs the process may use
+(a sweep with --workers=2 pins each point to its share), and both change float rounding in the
+last bits, which training amplifies (WORKSPACE.md section 6 measured it on the KV claims runs). So each start of a run (the first, and every resume, possibly on another
 machine) appends `describe()` to <workdir>/environment.jsonl, and results.json keeps the
 finishing session's. Nothing here may fail a run: a field that cannot be read is None. JAX is
 imported only to describe a live process: the report tools read these records without it.
@@ -47,6 +48,15 @@ def cpu_info(cpuinfo: str = '/proc/cpuinfo') -> tuple[Optional[str], list[str]]:
   return model or platform.processor() or None, [f for f in ISA_FLAGS if f in flags]
 
 
+def usable_cpus() -> Optional[int]:
+  """How many CPUs this process may run on (its affinity; XLA:CPU sizes its thread pools from
+  it), or None where the OS does not say."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return None
+
+
 def _version(package: str) -> Optional[str]:
   try:
     return metadata.version(package)
@@ -85,6 +95,7 @@ def describe() -> dict:
       'time': time.time(), 'platform': backend, 'device_kind': kind,
       'device_count': len(devices), 'process_count': jax.process_count(),
       'cpu_model': model, 'cpu_isa': isa, 'cpu_count': os.cpu_count(),
+      'cpus_usable': usable_cpus(),
       'os': platform.platform(), 'python': platform.python_version(),
       'packages': {p: _version(p) for p in _PACKAGES},
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
@@ -109,14 +120,16 @@ _ISA_ORDER = ('amx_tile', 'avx512f', 'avx2', 'avx', 'sse4_2', 'sve', 'asimd')
 
 
 def machine(env: dict) -> str:
-  """A one-line name of where a session ran, for tables: the device kind on an accelerator, the
-  CPU model and its widest vector ISA on a CPU, and XLA_FLAGS when set (they may narrow the ISA),
-  e.g. 'AMD EPYC (avx512f)'."""
+  """A one-line name of where a session ran, for tables: the device kind on an accelerator; on
+  a CPU its model, widest vector ISA and the CPUs the process could use (both change the
+  numbers); and XLA_FLAGS when set (they may narrow the ISA), e.g. 'AMD EPYC (avx512f), 2 CPUs'."""
   if env.get('platform') not in (None, 'cpu'):
     name = f"{env.get('device_count') or '?'} x {env.get('device_kind') or env['platform']}"
   else:
     isa = next((f for f in _ISA_ORDER if f in (env.get('cpu_isa') or ())), None)
     name = (env.get('cpu_model') or 'unknown CPU') + (f' ({isa})' if isa else '')
+    cpus = env.get('cpus_usable') or env.get('cpu_count')
+    name += f', {cpus} CPU{"s" if cpus != 1 else ""}' if cpus else ''
   if env.get('xla_flags'):
     name += f"; XLA_FLAGS={env['xla_flags']}"
   return name

@@ -49,8 +49,9 @@ def test_train_and_evaluate_smoke(tmp_path):
   assert environment.machine(env).startswith(env['cpu_model'] or 'unknown CPU')
   assert environment.machine({'platform': 'gpu', 'device_count': 8, 'device_kind': 'H100',
                               'xla_flags': '--x=1'}) == '8 x H100; XLA_FLAGS=--x=1'
-  assert environment.machine({'platform': 'cpu', 'cpu_model': 'EPYC',
-                              'cpu_isa': ['avx', 'avx2', 'avx512f']}) == 'EPYC (avx512f)'
+  assert environment.machine({'platform': 'cpu', 'cpu_model': 'EPYC', 'cpus_usable': 1,
+                              'cpu_isa': ['avx', 'avx2', 'avx512f']}) == 'EPYC (avx512f), 1 CPU'
+  assert env['cpus_usable'] == len(os.sched_getaffinity(0))
   saved = json.load(open(tmp_path / 'results.json'))
   assert saved['final']['token_acc'] >= 0 and saved['memory_floats'] == 2 * 16
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
