@@ -556,6 +556,18 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
   return rows
 
 
+def machines_line(rows: Sequence[dict]) -> str:
+  """Where the ledger's runs ran, with counts: the CPUs and instruction set change a run's
+  numbers, so a rerun on another machine parts from it."""
+  counts = OrderedDict()
+  for r in sorted(rows, key=lambda r: (not r['machine'], r['machine'])):
+    name = r['machine'] or 'not recorded (runs from before environment.jsonl)'
+    counts[name] = counts.get(name, 0) + 1
+  where = '; '.join(f'{name}: {n} run{"s" if n != 1 else ""}' for name, n in counts.items())
+  return ('Where they ran (the `machine` column; a run repeats bit for bit only on the same kind '
+          f'of machine with the same number of CPUs): {where}.')
+
+
 def write_ledger(runs: Sequence[dict], path: str) -> int:
   """runs.csv: one row per claims run (written whole, then renamed). Returns the row count."""
   return write_ledger_rows(ledger_rows(runs), path)
@@ -798,9 +810,10 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   if plot_curves(runs, os.path.join(out_dir, 'curves.png')):
     parts += ['', '![learning curves](curves.png)']
     files.append(os.path.join(out_dir, 'curves.png'))
-  n_ledger = write_ledger(runs, os.path.join(out_dir, 'runs.csv'))
+  rows = ledger_rows(runs)
+  n_ledger = write_ledger_rows(rows, os.path.join(out_dir, 'runs.csv'))
   parts += ['', f'Every run behind the table: `runs.csv` ({n_ledger} rows; a report takes it as '
-            'input like a sweep directory).']
+            'input like a sweep directory).', '', machines_line(rows)]
   md = '\n'.join(parts) + '\n'
   md_path, csv_path = os.path.join(out_dir, 'claims.md'), os.path.join(out_dir, 'claims.csv')
   with open(md_path, 'w') as f:

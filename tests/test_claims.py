@@ -189,6 +189,9 @@ def test_the_runs_ledger_stands_for_the_runs(tmp_path):
   back = claims.read_ledger(str(tmp_path / 'runs.csv'))
   assert sorted(r['machine'] for r in back) == [''] * (len(runs) - 1) + [
       'AMD EPYC (avx2) -> AMD EPYC (avx512f)']
+  assert ('ran (the `machine` column; a run repeats bit for bit only on the same kind of machine '
+          'with the same number of CPUs): AMD EPYC (avx2) -> AMD EPYC (avx512f): 1 run; not '
+          f'recorded (runs from before environment.jsonl): {len(runs) - 1} runs.') in out['markdown']
   assert len(back) == len(runs)  # the full-context baseline included
   want, got = out['cells'], claims.cells(back)
   assert list(got) == list(want)
