@@ -525,8 +525,7 @@ LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', '
                  'em_curve', 'backbone', 'machine')
 # Columns added later: a ledger written before them still reads (as runs without a curve, on the
 # default backbone, on a machine not recorded). 'machine': where the run's sessions ran
-# (environment.machine of each, joined by ' -> ' in order), blank for runs from before
-# environment.jsonl.
+# (environment.session_machines, joined by ' -> '), blank for runs from before environment.jsonl.
 OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone', 'machine')
 LEDGER_METHODS = ('gradmem', 'rmt', 'full_context')
 
@@ -565,7 +564,8 @@ def machines_line(rows: Sequence[dict]) -> str:
     counts[name] = counts.get(name, 0) + 1
   where = '; '.join(f'{name}: {n} run{"s" if n != 1 else ""}' for name, n in counts.items())
   return ('Where they ran (the `machine` column; a run repeats bit for bit only on the same kind '
-          f'of machine with the same number of CPUs): {where}.')
+          'of machine with the same number of CPUs and the same software, jaxlib and XLA_FLAGS '
+          f'included): {where}.')
 
 
 def write_ledger(runs: Sequence[dict], path: str) -> int:

@@ -70,9 +70,13 @@ def git_commit(repo: str = _REPO) -> tuple[Optional[str], Optional[bool]]:
   if not os.path.exists(os.path.join(repo, '.git')):  # an installed copy: not the checkout's
     return None, None
 
+  # Not GIT_DIR / GIT_WORK_TREE of the caller's environment (they would name another repo), and
+  # no optional locks: `git status` must not take .git/index while the user commits.
+  env = {k: v for k, v in os.environ.items() if k not in ('GIT_DIR', 'GIT_WORK_TREE')}
+
   def git(*args):
-    return subprocess.run(['git', '-C', repo, *args], capture_output=True, text=True,
-                          timeout=10, check=True).stdout
+    return subprocess.run(['git', '--no-optional-locks', '-C', repo, *args], capture_output=True,
+                          text=True, errors='replace', timeout=10, check=True, env=env).stdout
   try:
     commit = git('rev-parse', 'HEAD').strip()
     dirty = bool(git('status', '--porcelain', '--untracked-files=no').strip())
@@ -82,7 +86,8 @@ def git_commit(repo: str = _REPO) -> tuple[Optional[str], Optional[bool]]:
 
 
 def describe() -> dict:
-  """The machine and software of this process (JSON-serialisable)."""
+  """The machine and software of this process (JSON-serialisable). In a multi-host run, of the
+  host that calls it (`record` runs on process 0 only)."""
   import jax  # here, so that the report tools can read environment files without JAX
   model, isa = cpu_info()
   try:
@@ -105,8 +110,13 @@ def describe() -> dict:
 
 def record(workdir: str, start_step: int) -> dict:
   """Appends this session's `describe()` with the step it starts at to the workdir's
-  ENVIRONMENT_FILE and returns it. A file it cannot write only warns."""
-  env = {'start_step': int(start_step), **describe()}
+  ENVIRONMENT_FILE and returns it. Never fails the run: a description that raises is recorded as
+  the error, and a file it cannot write only warns."""
+  try:
+    env = {'start_step': int(start_step), **describe()}
+  except Exception as e:  # noqa: BLE001 - a record of where it ran is not worth a run
+    env = {'start_step': int(start_step), 'time': time.time(),
+           'error': f'{type(e).__name__}: {e}'}
   try:
     with open(os.path.join(workdir, ENVIRONMENT_FILE), 'a') as f:
       f.write(json.dumps(env, sort_keys=True) + '\n')
@@ -123,6 +133,8 @@ def machine(env: dict) -> str:
   """A one-line name of where a session ran, for tables: the device kind on an accelerator; on
   a CPU its model, widest vector ISA and the CPUs the process could use (both change the
   numbers); and XLA_FLAGS when set (they may narrow the ISA), e.g. 'AMD EPYC (avx512f), 2 CPUs'."""
+  if env.get('error') and not env.get('platform'):
+    return 'not recorded (' + env['error'] + ')'
   if env.get('platform') not in (None, 'cpu'):
     name = f"{env.get('device_count') or '?'} x {env.get('device_kind') or env['platform']}"
   else:
@@ -136,15 +148,29 @@ def machine(env: dict) -> str:
 
 
 def read(workdir: str) -> list[dict]:
-  """The sessions recorded in a workdir (oldest first); unreadable lines are skipped."""
+  """The sessions recorded in a workdir (oldest first). Lines that are not a JSON object (a line
+  torn by a crash) are skipped; an unreadable file reads as no sessions."""
   path = os.path.join(workdir, ENVIRONMENT_FILE)
-  if not os.path.exists(path):
-    return []
   rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:
-        continue
+  try:
+    with open(path, errors='replace') as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(row, dict):
+          rows.append(row)
+  except OSError:
+    return []
   return rows
+
+
+def session_machines(sessions: list[dict]) -> list[str]:
+  """`machine` of each session in order, a machine repeated by consecutive sessions named once
+  (A, A, B, A -> A, B, A: where a run finished matters most). A record that does not start at
+  step 0 is preceded by 'not recorded' (the run began before environment.jsonl existed)."""
+  names = [machine(e) for e in sessions]
+  if sessions and sessions[0].get('start_step') != 0:
+    names.insert(0, 'not recorded')
+  return [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]

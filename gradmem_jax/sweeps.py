@@ -575,8 +575,8 @@ def collect_finished(sweep_dir: str) -> list[dict]:
 
 def collect(sweep_dir: str) -> list[dict]:
   """Every point's results.json with its overrides (from sweep.json, else config.json), its
-  K extrapolation and 'machines': where its sessions ran (environment.machine of each distinct
-  one in environment.jsonl, in order; empty for runs from before that file)."""
+  K extrapolation and 'machines': where its sessions ran, in order
+  (environment.session_machines; empty for runs from before environment.jsonl)."""
   manifest_path = os.path.join(sweep_dir, 'sweep.json')
   overrides = {}
   if os.path.exists(manifest_path):
@@ -593,8 +593,8 @@ def collect(sweep_dir: str) -> list[dict]:
     kx = os.path.join(sweep_dir, name, 'k_extrapolation.json')
     if os.path.exists(kx):
       r['k_extrapolation'] = json.load(open(kx))
-    sessions = [environment.machine(e) for e in environment.read(os.path.join(sweep_dir, name))]
-    r['machines'] = list(dict.fromkeys(sessions))
+    r['machines'] = environment.session_machines(
+        environment.read(os.path.join(sweep_dir, name)))
     rows.append(r)
   return rows
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import jax
 import numpy as np
@@ -110,6 +111,34 @@ def test_sweep_runs_points_then_skips_them(tmp_path, two_point_sweep):
   assert sweeps.is_finished(archive / 'K=2') and not (archive / 'K=2' / 'checkpoints').exists()
   assert not (archive / 'K=2' / sweeps.UNFINISHED_MARKER).exists()
   assert environment.read(str(archive / 'K=2')) == sessions
+
+
+def test_collect_names_where_each_run_ran(tmp_path):
+  from gradmem_jax import environment
+  a = {'platform': 'cpu', 'cpu_model': 'A', 'cpus_usable': 2}
+  b = {'platform': 'gpu', 'device_kind': 'H100', 'device_count': 1}
+  runs = {'moved': [(0, a), (5, a), (10, b), (15, a)],  # finished back on A: that shows
+          'older': [(7, b)],  # began before environment.jsonl
+          'none': []}
+  for name, sessions in runs.items():
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / 'results.json').write_text(json.dumps({'best': {'em': 0.5}}))
+    lines = [json.dumps({'start_step': s, **e}) for s, e in sessions]
+    (tmp_path / name / environment.ENVIRONMENT_FILE).write_text(
+        '\n'.join(lines + ['{"torn', '[1]']) + '\n')  # a torn line and a non-object: skipped
+  got = {r['slug']: r['machines'] for r in sweeps.collect(str(tmp_path))}
+  assert got == {'moved': ['A, 2 CPUs', '1 x H100', 'A, 2 CPUs'],
+                 'older': ['not recorded', '1 x H100'], 'none': []}
+  # The CPUs recorded are those the process may use: one for a point a sweep pins to one CPU.
+  code = 'from gradmem_jax import environment; print(environment.usable_cpus())'
+  out = subprocess.run(sweeps._pinned([sys.executable, '-c', code], {0}), capture_output=True,
+                       text=True, check=True, cwd=ROOT).stdout
+  assert out.strip() == '1'
+  # A description that fails is recorded as the error, and the run goes on.
+  with mock.patch.object(environment, 'describe', side_effect=RuntimeError('no backend')):
+    rec = environment.record(str(tmp_path / 'none'), 3)
+  assert rec['error'] == 'RuntimeError: no backend'
+  assert environment.machine(rec) == 'not recorded (RuntimeError: no backend)'
 
 
 def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_path):

@@ -52,6 +52,9 @@ def test_train_and_evaluate_smoke(tmp_path):
   assert environment.machine({'platform': 'cpu', 'cpu_model': 'EPYC', 'cpus_usable': 1,
                               'cpu_isa': ['avx', 'avx2', 'avx512f']}) == 'EPYC (avx512f), 1 CPU'
   assert env['cpus_usable'] == len(os.sched_getaffinity(0))
+  # Started again once finished, it trains nothing: no session is added, the finishing one stays.
+  again = train_and_evaluate(config, str(tmp_path))
+  assert environment.read(str(tmp_path)) == [env] and again['environment'] == env
   saved = json.load(open(tmp_path / 'results.json'))
   assert saved['final']['token_acc'] >= 0 and saved['memory_floats'] == 2 * 16
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']

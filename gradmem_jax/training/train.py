@@ -240,7 +240,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   env = None
   if is_main:  # only now: a workdir that cannot be resumed keeps its own config.json
     _write_config(workdir, cfg)
-    env = environment.record(workdir, start_step)  # this session's machine and software
+    if start_step < max_steps or start_step == 0:  # a session that trains (or evaluates step 0)
+      env = environment.record(workdir, start_step)  # its machine and software
+    else:  # a finished run started again trains nothing: the session that finished it stays
+      env = (environment.read(workdir) or [None])[-1]
   elapsed_before = float(meta.get('elapsed_s', 0.0))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step if resumed else None)
   evaluators = build_evaluators(exp)
