@@ -1,0 +1,165 @@
+r"""Why a rerun of a claims point does not repeat the run it reruns: the CPUs it gets.
+
+Same code, config and seed, two questions (the commands are in this directory's README.md):
+
+1. The first 200 steps of GradMem K=2 at N = 2, seed 1: the archived run (made on an earlier
+   session's machine) against the same point run here on two CPUs, on one CPU (pinned, as a
+   sweep's --workers=2 pins each point on 2 cores), and on two CPUs with XLA told to compile for
+   AVX2 only (XLA_FLAGS=--xla_cpu_max_isa=AVX2). Each logged row (steps 50, 100, 150, 200) is
+   compared field by field with the archived run's and with the two-CPU run's.
+2. Whole runs of GradMem K=1 at N = 2, seeds 0-2 (4,000 steps): the runs lost with their
+   machine (lost_runs.csv), the last session's reruns on this machine (the claims archive; its
+   sweep ran --workers=2, so one CPU each), and here: one CPU (it must give back the reruns'
+   params checksums if a run repeats on the same machine with the same CPUs), two CPUs, and two
+   CPUs compiled for AVX2 only. Best validation EM per seed, and a figure of validation EM
+   against step.
+
+  python benchmarks/results/claims_rounding/rounding.py   # from the repository root
+
+writes rounding.md, rounding.json and rounding.png beside this file.
+"""
+import csv
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, ROOT)
+from gradmem_jax import environment  # noqa: E402
+from gradmem_jax.report import _pyplot  # noqa: E402
+
+RUNS = os.path.join(ROOT, 'benchmarks', 'results', 'runs')
+K2 = 'n_pairs=2,method=gradmem,K=2,inner_lr=0.3,lr=0.001,seed=1'
+K1 = 'n_pairs=2,method=gradmem,K=1,inner_lr=0.3,lr=0.001,seed={}'
+FIRST = {  # the first 200 steps: name -> run dir
+    'archived run (earlier machine)': os.path.join(RUNS, 'claims_cpu', K2),
+    'here, 2 CPUs': os.path.join(RUNS, 'claims_rounding_first200', 'native'),
+    'here, 1 CPU': os.path.join(RUNS, 'claims_rounding_first200', 'one_cpu'),
+    'here, 2 CPUs, AVX2 only': os.path.join(RUNS, 'claims_rounding_first200', 'avx2'),
+}
+LOST = 'lost run (earlier machine)'
+RERUN = 'rerun, last session (this machine, 1 CPU)'
+WHOLE = {  # whole runs: name -> archive dir holding the K1 points
+    RERUN: os.path.join(RUNS, 'claims_cpu'),
+    'here, 1 CPU': os.path.join(RUNS, 'claims_rounding_one_cpu'),
+    'here, 2 CPUs': os.path.join(RUNS, 'claims_rounding_native'),
+    'here, 2 CPUs, AVX2 only': os.path.join(RUNS, 'claims_rounding_avx2'),
+}
+FIELDS = ('loss', 'grad_norm', 'param_norm', 'train/target_loss')
+
+
+def rows(run_dir):
+  with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_rows(run_dir, last=200):
+  return {r['step']: r for r in rows(run_dir) if 'loss' in r and r['step'] <= last}
+
+
+def compare(ref, got):
+  """Per logged step: how many FIELDS are bit for bit equal, and the relative differences."""
+  out = []
+  for step in sorted(ref):
+    diff = {k: (ref[step][k], got[step][k]) for k in FIELDS if ref[step][k] != got[step][k]}
+    out.append({'step': step, 'fields_equal': len(FIELDS) - len(diff),
+                'rel_diff': {k: abs(a - b) / abs(a) for k, (a, b) in diff.items()}})
+  return out
+
+
+def first_steps():
+  """Each run here against the archived run and against the two-CPU run here."""
+  runs = {name: train_rows(d) for name, d in FIRST.items()}
+  archived, two = list(FIRST)[:2]
+  out = []
+  for name in list(FIRST)[1:]:
+    for ref in (archived, two):
+      if name != ref:
+        out += [{'run': name, 'against': ref, **c} for c in compare(runs[ref], runs[name])]
+  return out
+
+
+def whole_runs():
+  lost = {}
+  with open(os.path.join(ROOT, 'benchmarks', 'results', 'claims_cpu', 'lost_runs.csv')) as f:
+    for r in csv.DictReader(f):
+      if r['label'] == 'GradMem K=1' and r['n_pairs'] == '2':
+        lost[int(r['seed'])] = float(r['best_em'])
+  table = []
+  for seed in (0, 1, 2):
+    row = {'seed': seed, LOST: lost.get(seed)}
+    for name, archive in WHOLE.items():
+      d = os.path.join(archive, K1.format(seed))
+      if not os.path.exists(os.path.join(d, 'results.json')):
+        row[name] = None
+        continue
+      with open(os.path.join(d, 'results.json')) as f:
+        res = json.load(f)
+      curve = [(r['step'], r['val/em']) for r in rows(d) if 'val/em' in r]
+      sessions = environment.read(d)
+      row[name] = {'best_em': res['best']['em'], 'best_step': res['best_step'],
+                   'params_checksum': res['params_checksum'], 'curve': curve,
+                   'machine': environment.machine(sessions[-1]) if sessions else None}
+    table.append(row)
+  return table
+
+
+def main():
+  steps = first_steps()
+  table = whole_runs()
+  names = [LOST, *WHOLE]
+  em = lambda v: '' if v is None else f'{100 * (v if isinstance(v, float) else v["best_em"]):.1f}'
+  md = ['# Why reruns part: the CPUs a run gets, not the code', '',
+        'Same code, config and seed. Made by `rounding.py` (the commands: README.md).', '',
+        '## The first 200 steps (GradMem K=2, N = 2, seed 1)', '',
+        'Each logged training row against the same row of another run; "equal" counts the '
+        'fields of ' + ', '.join(f'`{f}`' for f in FIELDS) + ' that are bit for bit the same.', '',
+        '| run | against | step | equal | largest relative difference |',
+        '|---|---|---|---|---|']
+  for s in steps:
+    big = max(s['rel_diff'].items(), key=lambda kv: kv[1], default=None)
+    md.append(f"| {s['run']} | {s['against']} | {s['step']} | {s['fields_equal']}/{len(FIELDS)} | "
+              + (f'{big[1]:.1e} ({big[0]})' if big else '0') + ' |')
+  md += ['',
+         '## Whole runs (GradMem K=1, N = 2, 4,000 steps): best validation EM (%)', '',
+         '| seed | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for row in table:
+    md.append(f"| {row['seed']} | " + ' | '.join(em(row[n]) for n in names) + ' |')
+  again = 'here, 1 CPU'
+  both = [r['seed'] for r in table if r[RERUN] and r[again]]
+  same = [r['seed'] for r in table if r['seed'] in both
+          and r[RERUN]['params_checksum'] == r[again]['params_checksum']]
+  lost_same = [r['seed'] for r in table if r['here, 2 CPUs'] and r[LOST] is not None
+               and round(r['here, 2 CPUs']['best_em'], 3) == round(r[LOST], 3)]
+  md += ['', f'- The one-CPU runs here end with the same parameters as the last session\'s '
+         f'reruns (params checksum) in seeds {same} of {both}.',
+         f'- The two-CPU runs here give the lost runs\' best EM (to the 0.1% the ledger keeps) in '
+         f'seeds {lost_same} of {[r["seed"] for r in table if r[LOST] is not None]}.', '',
+         '![EM against step](rounding.png)', '']
+  with open(os.path.join(HERE, 'rounding.md'), 'w') as f:
+    f.write('\n'.join(md))
+  with open(os.path.join(HERE, 'rounding.json'), 'w') as f:
+    json.dump({'first_steps': steps, 'whole_runs': table}, f, indent=1)
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+  for ax, row in zip(axes, table):
+    for (name, style) in zip(WHOLE, ('-', ':', '--', '-.')):
+      if row[name]:
+        s, e = zip(*row[name]['curve'])
+        ax.plot(s, [100 * v for v in e], style, marker='o', ms=3, label=name)
+    if row[LOST] is not None:
+      ax.axhline(100 * row[LOST], color='grey', lw=0.8,
+                 label='lost run\'s best (earlier machine)')
+    ax.set_title(f'GradMem K=1, N = 2, seed {row["seed"]}')
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('validation EM (%)')
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(HERE, 'rounding.png'), dpi=110)
+  print('\n'.join(md))
+
+
+if __name__ == '__main__':
+  main()
