@@ -166,6 +166,26 @@ def read(workdir: str) -> list[dict]:
   return rows
 
 
+def resume_note(previous: list[dict], current: dict) -> Optional[str]:
+  """A warning when a run resumes somewhere other than where its last session ran (another
+  machine name, which includes the CPU count, or other jax/jaxlib versions): it continues
+  correctly, but not bit for bit as the uninterrupted run would have. None otherwise, and for a
+  run's first session."""
+  if not previous or current.get('start_step') == 0:
+    return None
+  last = previous[-1]
+  versions = lambda e: {p: (e.get('packages') or {}).get(p) for p in ('jax', 'jaxlib')}
+  was, now = machine(last), machine(current)
+  if was == now and versions(last) == versions(current):
+    return None
+  what = (f'{was} -> {now}' if was != now else
+          f'jax/jaxlib {versions(last)} -> {versions(current)}')
+  return (f'resuming at step {current.get("start_step")} elsewhere than the last session ran '
+          f'({what}): the run continues correctly, but its numbers part from those an '
+          'uninterrupted run would have had (float rounding depends on the machine, its CPU count '
+          'and the software)')
+
+
 def session_machines(sessions: list[dict]) -> list[str]:
   """`machine` of each session in order, a machine repeated by consecutive sessions named once
   (A, A, B, A -> A, B, A: where a run finished matters most). A record that does not start at

@@ -139,6 +139,15 @@ def test_collect_names_where_each_run_ran(tmp_path):
     rec = environment.record(str(tmp_path / 'none'), 3)
   assert rec['error'] == 'RuntimeError: no backend'
   assert environment.machine(rec) == 'not recorded (RuntimeError: no backend)'
+  # A resume elsewhere than the last session says so; on the same machine and software it does not.
+  pk = {'packages': {'jax': '0.10.2', 'jaxlib': '0.10.2'}}
+  one = {**a, **pk, 'cpus_usable': 1}
+  assert environment.resume_note([], {**a, **pk, 'start_step': 5}) is None
+  assert environment.resume_note([{**a, **pk}], {**a, **pk, 'start_step': 5}) is None
+  assert 'A, 2 CPUs -> A, 1 CPU' in environment.resume_note([{**a, **pk}],
+                                                               {**one, 'start_step': 5})
+  newer = {**a, 'packages': {'jax': '0.12.0', 'jaxlib': '0.12.0'}, 'start_step': 5}
+  assert "'jaxlib': '0.12.0'" in environment.resume_note([{**a, **pk}], newer)
 
 
 def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_path):

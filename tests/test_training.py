@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -282,7 +283,7 @@ def test_user_config_args_beat_the_sweep_base(steps):
     assert c.model.hidden_size == 16 and c.train.eval_every == 500  # tiny, then the base's rest
 
 
-def test_resume_sets_aside_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_path):
+def test_resume_sets_aside_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_path, capsys):
   import shutil
   from gradmem_jax.training.checkpoint import Checkpointer
   config = kv_retrieval.get_config('tiny')
@@ -294,6 +295,13 @@ def test_resume_sets_aside_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_p
   ck.save_best(99, params, {'step': 99})
   ck.close()
   shutil.rmtree(tmp_path / 'checkpoints' / '6')
+  # As if the first session had run on another machine: the resume says it will not repeat it.
+  from gradmem_jax import environment
+  (first,) = environment.read(str(tmp_path))
+  (tmp_path / environment.ENVIRONMENT_FILE).write_text(json.dumps({**first, 'cpus_usable': 64}))
+  capsys.readouterr()
   out = train_and_evaluate(config, str(tmp_path))
+  assert re.search(r'warning: resuming at step 3 elsewhere than the last session ran \(.*64 CPUs',
+                   capsys.readouterr().out)
   assert out['steps'] == 6
   assert not (tmp_path / 'best' / '99').exists() and (tmp_path / 'best.lost' / '99').exists()
