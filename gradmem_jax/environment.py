@@ -4,9 +4,9 @@ The same config and seed give the same run bit for bit on one machine with the s
 not across machines, nor with another number of usable CPUs: XLA compiles for the CPU it runs on
 (vector width, fused multiply-add) and sizes its thread pools from the CPUs the process may use
 (a sweep with --workers=2 pins each point to its share), and both change float rounding in the
-last bits, which training amplifies (WORKSPACE.md section 6 measured it on the KV claims runs). So each start of a run (the first, and every resume, possibly on another
-machine) appends `describe()` to <workdir>/environment.jsonl, and results.json keeps the
-finishing session's. Nothing here may fail a run: a field that cannot be read is None. JAX is
+last bits, which training amplifies (WORKSPACE.md section 6 measured it on the KV claims runs).
+So each start of a run (the first, and every resume, possibly on another machine) appends
+`describe()` to <workdir>/environment.jsonl, and results.json keeps the finishing session's. Nothing here may fail a run: a field that cannot be read is None. JAX is
 imported only to describe a live process: the report tools read these records without it.
 """
 from __future__ import annotations
@@ -174,6 +174,8 @@ def resume_note(previous: list[dict], current: dict) -> Optional[str]:
   if not previous or current.get('start_step') == 0:
     return None
   last = previous[-1]
+  if last.get('error') or current.get('error'):  # a side not known: nothing to compare
+    return None
   versions = lambda e: {p: (e.get('packages') or {}).get(p) for p in ('jax', 'jaxlib')}
   was, now = machine(last), machine(current)
   if was == now and versions(last) == versions(current):

@@ -144,6 +144,7 @@ def test_collect_names_where_each_run_ran(tmp_path):
   one = {**a, **pk, 'cpus_usable': 1}
   assert environment.resume_note([], {**a, **pk, 'start_step': 5}) is None
   assert environment.resume_note([{**a, **pk}], {**a, **pk, 'start_step': 5}) is None
+  assert environment.resume_note([rec], {**a, **pk, 'start_step': 5}) is None  # not known
   assert 'A, 2 CPUs -> A, 1 CPU' in environment.resume_note([{**a, **pk}],
                                                                {**one, 'start_step': 5})
   newer = {**a, 'packages': {'jax': '0.12.0', 'jaxlib': '0.12.0'}, 'start_step': 5}
