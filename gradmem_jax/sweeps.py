@@ -292,7 +292,11 @@ def describe_slots(slots) -> str:
             if e is not None and k in e]
     bits.append(f'CPUs {",".join(map(str, sorted(cpus)))}' if cpus else 'all CPUs')
     parts.append(f'worker {w}: ' + ' '.join(bits))
-  return f'{len(slots)} workers: ' + '; '.join(parts)
+  line = f'{len(slots)} workers: ' + '; '.join(parts)
+  if any(cpus for _, cpus in slots):
+    line += ('. A point\'s numbers depend on the CPUs it gets: it repeats a run bit for bit only '
+             'with as many CPUs on the same kind of machine')
+  return line
 
 
 # Pins itself to the CPUs in argv[1], then becomes the command that follows (a wrapper rather than

@@ -530,6 +530,9 @@ def test_worker_slots_split_devices_and_refuse_bad_values():
   assert one == [({'A': '1'}, None)]  # the sequential sweep: unchanged
   shared = sweeps.worker_slots(2, env={})
   assert [e['XLA_PYTHON_CLIENT_MEM_FRACTION'] for e, _ in shared] == ['0.45', '0.45']
+  if len(os.sched_getaffinity(0)) >= 2:  # pinned: the line says that this changes the numbers
+    assert sweeps.describe_slots(shared).endswith('with as many CPUs on the same kind of machine')
+  assert 'numbers' not in sweeps.describe_slots(one)
   assert 'CUDA_VISIBLE_DEVICES' not in shared[0][0]
   kept = sweeps.worker_slots(2, env={'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3'})
   assert [e['XLA_PYTHON_CLIENT_MEM_FRACTION'] for e, _ in kept] == ['0.3', '0.3']
