@@ -240,14 +240,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   env = None
   if is_main:  # only now: a workdir that cannot be resumed keeps its own config.json
     _write_config(workdir, cfg)
+    before = environment.read(workdir)  # the sessions so far
     if start_step < max_steps or start_step == 0:  # a session that trains (or evaluates step 0)
-      before = environment.read(workdir)
       env = environment.record(workdir, start_step)  # its machine and software
       note = environment.resume_note(before, env)
       if note:
         say(f'warning: {note}')
     else:  # a finished run started again trains nothing: the session that finished it stays
-      env = (environment.read(workdir) or [None])[-1]
+      env = before[-1] if before else None
   elapsed_before = float(meta.get('elapsed_s', 0.0))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step if resumed else None)
   evaluators = build_evaluators(exp)

@@ -26,7 +26,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, ROOT)
-from gradmem_jax import environment  # noqa: E402
+from gradmem_jax import claims, environment  # noqa: E402
 from gradmem_jax.report import _pyplot  # noqa: E402
 
 RUNS = os.path.join(ROOT, 'benchmarks', 'results', 'runs')
@@ -96,7 +96,7 @@ def whole_runs():
         continue
       with open(os.path.join(d, 'results.json')) as f:
         res = json.load(f)
-      curve = [(r['step'], r['val/em']) for r in rows(d) if 'val/em' in r]
+      curve = claims.em_curve(os.path.join(d, 'metrics.jsonl'))
       sessions = environment.read(d)
       row[name] = {'best_em': res['best']['em'], 'best_step': res['best_step'],
                    'params_checksum': res['params_checksum'], 'curve': curve,
