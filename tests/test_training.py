@@ -29,6 +29,14 @@ def _params(workdir, config):
   return params, meta
 
 
+def _abstract_state(config):
+  return abstract_state(build_experiment(config))[0]
+
+
+def _abstract_params(config):
+  return _abstract_state(config)['params']
+
+
 def test_train_and_evaluate_smoke(tmp_path):
   config = kv_retrieval.get_config('tiny')
   results = train_and_evaluate(config, str(tmp_path))
@@ -305,3 +313,72 @@ def test_resume_sets_aside_a_best_checkpoint_from_the_lost_part_of_the_run(tmp_p
                    capsys.readouterr().out)
   assert out['steps'] == 6
   assert not (tmp_path / 'best' / '99').exists() and (tmp_path / 'best.lost' / '99').exists()
+
+
+def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys):
+  """best/ and the best record part when a run stops (or is snapshotted) between a step's
+  checkpoint and its best save (two asynchronous saves), or when best/ held a newer step that
+  the resume set aside. The resume saves the record's parameters again from a checkpoint of
+  that step; if none is kept, the record starts again from what best/ holds."""
+  import shutil
+  from gradmem_jax.training.checkpoint import Checkpointer
+  config = kv_retrieval.get_config('tiny')
+  config.train.max_steps = 3
+  w = str(tmp_path)
+  assert train_and_evaluate(config, w)['best_step'] == 3  # the first evaluation is the best
+  ckpt_params = lambda s: load_params(os.path.join(w, 'checkpoints', str(s)),
+                                      _abstract_params(config))[0]
+  best_params = lambda s: load_params(os.path.join(w, 'best', str(s)),
+                                      _abstract_params(config))
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                                jax.tree_util.tree_leaves(b)))
+
+  # 1. Stopped after checkpoints/3 and before best/3: saved again from the resumed checkpoint.
+  shutil.rmtree(tmp_path / 'best' / '3')
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert 'best/ lacked the best step so far (3' in capsys.readouterr().out
+  params, meta = best_params(3)
+  assert out['best_step'] == 3 and meta['token_acc'] == out['best']['token_acc']
+  assert same(params, ckpt_params(3))
+
+  # 2. The record names step 3, best/ lacks it, checkpoints/3 is kept: saved from there.
+  config.train.max_steps = 6
+  train_and_evaluate(config, w)
+
+  def set_record(best_step, best):
+    ck = Checkpointer(w, 2)
+    state, meta = ck.restore_latest(_abstract_state(config))
+    ck.close()
+    shutil.rmtree(tmp_path / 'checkpoints' / '6')
+    ck = Checkpointer(w, 2)
+    ck.save(6, state, {**meta, 'best_step': best_step, 'best_token_acc': best['token_acc'],
+                       'best': best})
+    ck.close()
+
+  record = dict(out['best'], token_acc=0.75)
+  set_record(3, record)
+  for d in (tmp_path / 'best').iterdir():
+    shutil.rmtree(d)
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert 'saved it again from checkpoints/3' in capsys.readouterr().out
+  params, meta = best_params(3)
+  assert out['best_step'] == 3 and out['best']['token_acc'] == meta['token_acc'] == 0.75
+  assert same(params, ckpt_params(3))
+
+  # 3. The record names step 1, kept nowhere: it starts again from what best/ holds (step 3).
+  set_record(1, dict(record, token_acc=0.9))
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert re.search(r'warning: the best so far \(step 1, token acc 0\.9000\) has no parameters on '
+                   r'disk .*starts again from best/3', capsys.readouterr().out)
+  assert out['best_step'] == 3 and out['best']['token_acc'] == 0.75
+
+  # 4. ... and with best/ empty, from the next evaluation (none: the run is finished).
+  set_record(1, dict(record, token_acc=0.9))
+  shutil.rmtree(tmp_path / 'best' / '3')
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert 'starts again at the next evaluation' in capsys.readouterr().out
+  assert out['best_step'] == -1 and out['best'] == out['final']  # not the stale record

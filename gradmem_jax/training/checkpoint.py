@@ -282,6 +282,11 @@ class Checkpointer:
     self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
 
+  def best_steps(self) -> list[int]:
+    """The steps best/ holds whole (a save still in flight is waited for)."""
+    self.best.wait_until_finished()
+    return sorted(self.best.all_steps())
+
   def set_aside_best_after(self, step: int) -> list[tuple[str, str]]:
     """Moves best checkpoints newer than `step` (the step a run resumes from) to
     `<workdir>/best.lost/`: they come from the part of the run that was lost (killed after the

@@ -33,7 +33,7 @@ from gradmem_jax import config_lib, environment, workdir_lock
 from gradmem_jax.data import BATCH_SPEC
 from gradmem_jax.models import pretrained as pretrained_lib
 from gradmem_jax.training import mesh as mesh_lib
-from gradmem_jax.training.checkpoint import Checkpointer, load_params
+from gradmem_jax.training.checkpoint import CheckpointError, Checkpointer, load_params
 from gradmem_jax.training.evaluators import (build_evaluators, evaluate_all, flops_per_sample,
                                              summarize_sums)
 from gradmem_jax.training.experiment import (Experiment, abstract_state, build_experiment,
@@ -125,6 +125,52 @@ def _fresh_meta() -> dict:
           'elapsed_s': 0.0}
 
 
+def _mend_best(ckpt: Checkpointer, state: dict, meta: dict, abstract, say=print) -> dict:
+  """The resumed best record (`meta`: best_step, best_token_acc, best) and best/ must name the
+  same step. They part when the run stopped, or a sweep archive snapshotted it, after a step's
+  resumable checkpoint and before its best save (two separate asynchronous saves), or when
+  best/ held a step newer than the resumed one (set aside: `set_aside_best_after`), which
+  replaced the record's step. Then the record's parameters are saved again into best/ from the
+  resumed checkpoint (when the record names the resumed step) or from the checkpoint of that
+  step, if kept; if they are nowhere, the record starts again from what best/ still holds (or
+  from the next evaluation), with a warning. Returns the meta to go on with."""
+  best_step = int(meta.get('best_step', -1))
+  have = ckpt.best_steps()
+  if best_step < 0 or best_step in have:
+    return meta
+  resumed = int(state['step'])
+  params, source = None, None
+  if best_step == resumed:
+    params, source = state['params'], f'the resumed checkpoint (step {resumed})'
+  else:
+    path = os.path.join(ckpt.workdir, 'checkpoints', str(best_step))
+    try:
+      params, _ = load_params(path, abstract['params'])
+      source = f'checkpoints/{best_step}'
+    except (FileNotFoundError, CheckpointError):
+      pass
+  if params is not None:
+    ckpt.save_best(best_step, params, {'step': best_step, **_jsonable(meta.get('best') or {})})
+    ckpt.wait()
+    say(f'best/ lacked the best step so far ({best_step}; its save was cut off or set aside): '
+        f'saved it again from {source}')
+    return meta
+  meta = {k: v for k, v in meta.items() if k != 'best'}
+  was = f'step {best_step}, token acc {float(meta.get("best_token_acc", -1.0)):.4f}'
+  if have:
+    _, kept = load_params(os.path.join(ckpt.workdir, 'best'), abstract['params'])
+    ev = {k: v for k, v in kept.items() if k != 'step'}
+    meta.update(best_step=int(kept['step']), best_token_acc=float(ev.get('token_acc', -1.0)),
+                best=ev)
+    now = f'the best record starts again from best/{kept["step"]}, the best parameters kept'
+  else:
+    meta.update(best_step=-1, best_token_acc=-1.0)
+    now = 'the best record starts again at the next evaluation'
+  say(f'warning: the best so far ({was}) has no parameters on disk (best/ lacks that step and '
+      f'no checkpoint of it is kept): {now}')
+  return meta
+
+
 def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
                     say=print) -> tuple[dict, dict, bool]:
   """The train state to start from -> (state, meta, resumed). The order:
@@ -144,7 +190,7 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
     if moved:
       say(f'moved best checkpoint(s) {", ".join(f"{a} -> {b}" for a, b in moved)}: newer than the '
           f'resumed step {int(state["step"])}, from the part of the run that was lost')
-    return state, meta, True
+    return state, _mend_best(ckpt, state, meta, abstract, say), True
   part = config_lib.check_init_from_part(cfg.train)
   params = None
   if cfg.train.init_from and part:
