@@ -8,11 +8,14 @@ Same code, config and seed, two questions (the commands are in this directory's 
    AVX2 only (XLA_FLAGS=--xla_cpu_max_isa=AVX2). Each logged row (steps 50, 100, 150, 200) is
    compared field by field with the archived run's and with the two-CPU run's.
 2. Whole runs of GradMem K=1 at N = 2, seeds 0-2 (4,000 steps): the runs lost with their
-   machine (lost_runs.csv), the last session's reruns on this machine (the claims archive; its
+   machine (lost_runs.csv), the third session's reruns on this machine (runs/claims_rounding_rerun; its
    sweep ran --workers=2, so one CPU each), and here: one CPU (it must give back the reruns'
    params checksums if a run repeats on the same machine with the same CPUs), two CPUs, and two
    CPUs compiled for AVX2 only. Best validation EM per seed, and a figure of validation EM
    against step.
+3. Claim 1 at N = 2 (GradMem K=1 against RMT x1, 4,000 and 12,000 steps) with each set of
+   runs: RMT x1's seed 0 ran on one CPU in the last-but-one session's rerun (44.4%) and on two
+   here (the lost run's 22.4%); its seeds 1-2 are two-CPU reruns (the claims archive).
 
   python benchmarks/results/claims_rounding/rounding.py   # from the repository root
 
@@ -32,6 +35,8 @@ from gradmem_jax.report import _pyplot  # noqa: E402
 RUNS = os.path.join(ROOT, 'benchmarks', 'results', 'runs')
 K2 = 'n_pairs=2,method=gradmem,K=2,inner_lr=0.3,lr=0.001,seed=1'
 K1 = 'n_pairs=2,method=gradmem,K=1,inner_lr=0.3,lr=0.001,seed={}'
+RMT1 = ('n_pairs=2,method=rmt,K=1,memory.rmt_update=replace,memory.mem_proj=proj,lr=0.001,'
+        'max_steps=12000,seed={}')
 FIRST = {  # the first 200 steps: name -> run dir
     'archived run (earlier machine)': os.path.join(RUNS, 'claims_cpu', K2),
     'here, 2 CPUs': os.path.join(RUNS, 'claims_rounding_first200', 'native'),
@@ -39,9 +44,9 @@ FIRST = {  # the first 200 steps: name -> run dir
     'here, 2 CPUs, AVX2 only': os.path.join(RUNS, 'claims_rounding_first200', 'avx2'),
 }
 LOST = 'lost run (earlier machine)'
-RERUN = 'rerun, last session (this machine, 1 CPU)'
+RERUN = 'rerun, third session (this machine, 1 CPU)'
 WHOLE = {  # whole runs: name -> archive dir holding the K1 points
-    RERUN: os.path.join(RUNS, 'claims_cpu'),
+    RERUN: os.path.join(RUNS, 'claims_rounding_rerun'),
     'here, 1 CPU': os.path.join(RUNS, 'claims_rounding_one_cpu'),
     'here, 2 CPUs': os.path.join(RUNS, 'claims_rounding_native'),
     'here, 2 CPUs, AVX2 only': os.path.join(RUNS, 'claims_rounding_avx2'),
@@ -105,9 +110,43 @@ def whole_runs():
   return table
 
 
+def best_em(run_dir):
+  with open(os.path.join(run_dir, 'results.json')) as f:
+    return float(json.load(f)['best']['em'])
+
+
+def cell(ems):
+  """The claims report's cell (mean, population std) of per-seed best EMs."""
+  return {'em_mean': sum(ems) / len(ems),
+          'em_std': (sum((e - sum(ems) / len(ems)) ** 2 for e in ems) / len(ems)) ** 0.5,
+          'by_seed': list(ems)}
+
+
+def claim1_sets(table):
+  """Claim 1 at N = 2 and 4,000 steps under each set of runs: (name, GradMem K=1 cell,
+  RMT x1 cell, verdict by the claims report's rule)."""
+  rmt_12 = [best_em(os.path.join(RUNS, 'claims_cpu', RMT1.format(s))) for s in (1, 2)]
+  rmt_two = [best_em(os.path.join(RUNS, 'claims_rounding_native', RMT1.format(0))), *rmt_12]
+  rmt_one = [best_em(os.path.join(RUNS, 'claims_rounding_rerun', RMT1.format(0))), *rmt_12]
+  g = lambda name: [row[name]['best_em'] for row in table]
+  report = [table[0]['here, 2 CPUs']['best_em'], *[row[RERUN]['best_em'] for row in table[1:]]]
+  sets = [
+      ('the claims report (seed 0: two CPUs, the lineage its N = 4 and 8 runs grew from; '
+       'GradMem seeds 1-2: one CPU)', report, rmt_two),
+      ('all on two CPUs (the claims sweep\'s default; the lost runs\' arithmetic)',
+       g('here, 2 CPUs'), rmt_two),
+      ('GradMem and RMT x1 seed 0 on one CPU (the report before the two-CPU seed 0 ran)',
+       g(RERUN), rmt_one),
+      ('GradMem compiled for AVX2 only, RMT x1 on two CPUs', g('here, 2 CPUs, AVX2 only'),
+       rmt_two),
+  ]
+  return [(name, cell(a), cell(b), claims.compare(cell(a), cell(b))) for name, a, b in sets]
+
+
 def main():
   steps = first_steps()
   table = whole_runs()
+  verdicts = claim1_sets(table)
   names = [LOST, *WHOLE]
   em = lambda v: '' if v is None else f'{100 * (v if isinstance(v, float) else v["best_em"]):.1f}'
   md = ['# Why reruns part: the CPUs a run gets, not the code', '',
@@ -132,15 +171,29 @@ def main():
           and r[RERUN]['params_checksum'] == r[again]['params_checksum']]
   lost_same = [r['seed'] for r in table if r['here, 2 CPUs'] and r[LOST] is not None
                and round(r['here, 2 CPUs']['best_em'], 3) == round(r[LOST], 3)]
-  md += ['', f'- The one-CPU runs here end with the same parameters as the last session\'s '
+  md += ['', f'- The one-CPU runs here end with the same parameters as the third session\'s '
          f'reruns (params checksum) in seeds {same} of {both}.',
          f'- The two-CPU runs here give the lost runs\' best EM (to the 0.1% the ledger keeps) in '
          f'seeds {lost_same} of {[r["seed"] for r in table if r[LOST] is not None]}.', '',
-         '![EM against step](rounding.png)', '']
+         '![EM against step](rounding.png)', '',
+         '## Claim 1 at N = 2 and 4,000 steps (GradMem K=1 against RMT x1) with each set of runs',
+         '', 'Per seed (0 / 1 / 2) and mean ± spread (population std) of best EM (%). The rule '
+         'is the claims report\'s: supported when the gap exceeds both spreads summed.', '',
+         '| runs | GradMem K=1 | RMT x1 | gap | spreads summed | verdict |', '|---|---|---|---|---|---|']
+  pct = lambda c: (' / '.join(f'{100 * e:.1f}' for e in c['by_seed'])
+                   + f' ({100 * c["em_mean"]:.1f} ± {100 * c["em_std"]:.1f})')
+  for name, a, b, verdict in verdicts:
+    md.append(f'| {name} | {pct(a)} | {pct(b)} | {100 * (a["em_mean"] - b["em_mean"]):.1f} | '
+              f'{100 * (a["em_std"] + b["em_std"]):.1f} | {verdict} |')
+  md += ['', 'RMT x1 seed 0 on two CPUs gives the lost run\'s '
+         f'{100 * verdicts[1][2]["by_seed"][0]:.1f}% (one CPU: '
+         f'{100 * verdicts[2][2]["by_seed"][0]:.1f}%).', '']
   with open(os.path.join(HERE, 'rounding.md'), 'w') as f:
     f.write('\n'.join(md))
   with open(os.path.join(HERE, 'rounding.json'), 'w') as f:
-    json.dump({'first_steps': steps, 'whole_runs': table}, f, indent=1)
+    json.dump({'first_steps': steps, 'whole_runs': table,
+               'claim1_n2': [{'runs': n, 'gradmem_k1': a, 'rmt_x1': b, 'verdict': v}
+                             for n, a, b, v in verdicts]}, f, indent=1)
   plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
   for ax, row in zip(axes, table):
