@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import warnings
@@ -522,11 +523,16 @@ def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
 
 LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', 'seed', 'best_em',
                  'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source', 'stop_reason',
-                 'em_curve', 'backbone', 'machine')
+                 'em_curve', 'backbone', 'machine', 'init_from', 'init_checksum',
+                 'best_checksum')
 # Columns added later: a ledger written before them still reads (as runs without a curve, on the
 # default backbone, on a machine not recorded). 'machine': where the run's sessions ran
 # (environment.session_machines, joined by ' -> '), blank for runs from before environment.jsonl.
-OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone', 'machine')
+# 'init_from' / 'init_checksum': the point a curriculum run grew from and the checksum of the
+# parameters it loaded; 'best_checksum': the checksum of a run's best parameters (blank for runs
+# from before they were recorded): lineage_lines checks the chains with them.
+OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone', 'machine', 'init_from',
+                          'init_checksum', 'best_checksum')
 LEDGER_METHODS = ('gradmem', 'rmt', 'full_context')
 
 
@@ -550,9 +556,56 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'em_curve': (json.dumps([[int(s), round(float(e), 6)] for s, e in r['em_curve']],
                                 separators=(',', ':')) if r.get('em_curve') else ''),
         'backbone': '' if identity_value(r, 'backbone') == DEFAULT_BACKBONE else r['backbone'],
-        'machine': ' -> '.join(r['machines']) if r.get('machines') else r.get('machine') or ''})
+        'machine': ' -> '.join(r['machines']) if r.get('machines') else r.get('machine') or '',
+        'init_from': _init_source(r) or '',
+        'init_checksum': _blank_or(_init_checksum(r)),
+        'best_checksum': _blank_or(r.get('best_params_checksum'))})
   rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
   return rows
+
+
+def _blank_or(x) -> str:
+  return '' if x is None else repr(float(x))
+
+
+def _init_source(r: dict) -> Optional[str]:
+  """The point (slug) a curriculum run grew from: init_from's directory name."""
+  path = (r.get('init_from') or {}).get('path')
+  return os.path.basename(os.path.normpath(path)) if path else None
+
+
+def _init_checksum(r: dict) -> Optional[float]:
+  init = r.get('init_from') or {}
+  return None if init.get('part') else init.get('params_checksum')
+
+
+def lineage_lines(runs: Sequence[dict]) -> list[str]:
+  """Each curriculum chain should be one lineage of runs: a run at N grew from the best
+  parameters of the run shown at the previous N. A point rerun after its users ran (a lost run
+  directory, a rerun on another machine) breaks that silently; the checksums say so. Runs
+  from before the checksums were recorded are not checked (counted)."""
+  by_name = {r.get('slug') or r.get('source'): r for _, r in claim_runs(runs)}
+  ok, unknown, broken = 0, 0, []
+  for lab, r in claim_runs(runs):
+    src_name = _init_source(r)
+    if src_name is None:
+      continue
+    src, want = by_name.get(src_name), _init_checksum(r)
+    have = None if src is None else src.get('best_params_checksum')
+    if src is None or want is None or have is None:
+      unknown += 1
+    elif math.isclose(float(want), float(have), rel_tol=1e-12, abs_tol=0.0):
+      ok += 1
+    else:
+      broken.append(f'- **{lab}, N={r["n_pairs"]}, seed {r.get("seed", 0)}** grew from other '
+                    f'parameters than the best of the run shown for {src_name} (checksum '
+                    f'{float(want)!r}, the run shown: {float(have)!r}): that point ran again '
+                    'after this one started, or this one loaded its latest checkpoint. The chain '
+                    'mixes runs; run this point again, or show the run it grew from.')
+  line = (f'Curriculum chains: {ok} run{"s" * (ok != 1)} grew from the best parameters of the run '
+          f'shown for their source; {len(broken)} from other parameters; {unknown} not checked '
+          '(a source not in this report, or runs from before the checksums were recorded).')
+  return [line] + ([''] + broken if broken else [])
 
 
 def machines_line(rows: Sequence[dict]) -> str:
@@ -631,6 +684,12 @@ def _read_ledger(path: str) -> list[dict]:
            'source': (row['source'] or '').strip(),
            'stop_reason': (row.get('stop_reason') or '').strip() or None,
            'machine': (row.get('machine') or '').strip()}
+      source = (row.get('init_from') or '').strip()
+      if source:
+        r['init_from'] = {'path': source, 'params_checksum': _ledger_value(
+            path, line, row, 'init_checksum', float, allow_blank=True)}
+      r['best_params_checksum'] = _ledger_value(path, line, row, 'best_checksum', float,
+                                                allow_blank=True)
       em = _ledger_value(path, line, row, 'best_em', float)
       if not 0.0 <= em <= 1.0:
         raise ValueError(f"{where}, field 'best_em': {em} is outside [0, 1] (a fraction, not %)")
@@ -813,7 +872,7 @@ def make_claims_report(runs: Sequence[dict], out_dir: str, title: str = 'KV clai
   rows = ledger_rows(runs)
   n_ledger = write_ledger_rows(rows, os.path.join(out_dir, 'runs.csv'))
   parts += ['', f'Every run behind the table: `runs.csv` ({n_ledger} rows; a report takes it as '
-            'input like a sweep directory).', '', machines_line(rows)]
+            'input like a sweep directory).', '', machines_line(rows), ''] + lineage_lines(runs)
   md = '\n'.join(parts) + '\n'
   md_path, csv_path = os.path.join(out_dir, 'claims.md'), os.path.join(out_dir, 'claims.csv')
   with open(md_path, 'w') as f:

@@ -577,6 +577,18 @@ def collect_finished(sweep_dir: str) -> list[dict]:
   return runs
 
 
+def _config_init_from(config_path: str) -> Optional[dict]:
+  """{'path', 'part'} of a run's train.init_from (its config.json), or None: a run that did
+  not grow from another (or whose config is unreadable)."""
+  try:
+    with open(config_path) as f:
+      train = json.load(f).get('train') or {}
+  except (OSError, ValueError, AttributeError):
+    return None
+  path = train.get('init_from') if isinstance(train, dict) else None
+  return {'path': path, 'part': train.get('init_from_part') or None} if path else None
+
+
 def collect(sweep_dir: str) -> list[dict]:
   """Every point's results.json with its overrides (from sweep.json, else config.json), its
   K extrapolation and 'machines': where its sessions ran, in order
@@ -599,6 +611,8 @@ def collect(sweep_dir: str) -> list[dict]:
       r['k_extrapolation'] = json.load(open(kx))
     r['machines'] = environment.session_machines(
         environment.read(os.path.join(sweep_dir, name)))
+    if r.get('init_from') is None:  # a run from before results.json named it: its config does
+      r['init_from'] = _config_init_from(os.path.join(sweep_dir, name, 'config.json'))
     rows.append(r)
   return rows
 

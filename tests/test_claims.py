@@ -719,3 +719,44 @@ def test_a_bad_learning_curve_in_a_ledger_names_line_and_field(tmp_path):
   (tmp_path / 'nul.csv').write_text(','.join(claims.LEDGER_FIELDS) + '\n' + 'x' * 200000 + '\n')
   with pytest.raises(ValueError, match=r'nul.csv: not a readable CSV file'):
     claims.read_ledger(str(tmp_path / 'nul.csv'))
+
+
+def test_a_chain_that_mixes_runs_is_named(tmp_path):
+  """A curriculum run records the checksum of the parameters it loaded; a report whose source
+  run has other best parameters (the source ran again after it) names the chain."""
+  runs = _runs()
+  for r in runs:
+    r['slug'] = f'{r["method"]},K={r.get("K")},n={r["n_pairs"]},s={r.get("seed", 0)},' \
+                f'{r.get("grad_mode", "")}'
+  src = {r['seed']: r for r in runs if r['method'] == 'gradmem' and r['n_pairs'] == 2
+         and r['K'] == 1 and r['grad_mode'] == 'second'}
+  for s, r in src.items():
+    r['best_params_checksum'] = 100.0 + s
+  for r in runs:
+    if r['n_pairs'] == 4:  # N = 4 grew from N = 2 of the same method and seed
+      (source,) = [x for x in runs if x['n_pairs'] == 2 and x['method'] == r['method']
+                   and x.get('K') == r.get('K') and x.get('grad_mode') == r.get('grad_mode')
+                   and x['seed'] == r['seed']]
+      r['init_from'] = {'path': f'/sweeps/claims/{source["slug"]}', 'part': None,
+                        'params_checksum': 555.0}
+  g4 = {r['seed']: r for r in runs if r['method'] == 'gradmem' and r['n_pairs'] == 4}
+  g4[0]['init_from']['params_checksum'] = 100.0      # the run shown: checks out
+  g4[1]['init_from']['params_checksum'] = 999.0      # another run of its source
+  g4[2]['init_from']['params_checksum'] = None       # not recorded
+  lines = claims.lineage_lines(runs)
+  assert lines[0] == ('Curriculum chains: 1 run grew from the best parameters of the run shown '
+                      'for their source; 1 from other parameters; 4 not checked (a source not in '
+                      'this report, or runs from before the checksums were recorded).')
+  assert len(lines) == 3 and lines[2].startswith('- **GradMem K=1, N=4, seed 1** grew from other '
+                                                 'parameters than the best of the run shown')
+  # A part of a run (init_from_part) is not the source's whole best: not checked.
+  g4[0]['init_from']['part'] = 'backbone'
+  assert claims.lineage_lines(runs)[0].startswith('Curriculum chains: 0 runs grew')
+  g4[0]['init_from']['part'] = None
+  # The ledger keeps what the check needs: a report from it says the same.
+  out = claims.make_claims_report(runs, str(tmp_path))
+  assert '\n'.join(lines) in out['markdown']
+  back = claims.read_ledger(str(tmp_path / 'runs.csv'))
+  assert claims.lineage_lines(back) == lines
+  again = claims.make_claims_report(back, str(tmp_path / 'again'))
+  assert again['markdown'] == out['markdown']

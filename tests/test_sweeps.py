@@ -126,9 +126,16 @@ def test_collect_names_where_each_run_ran(tmp_path):
     lines = [json.dumps({'start_step': s, **e}) for s, e in sessions]
     (tmp_path / name / environment.ENVIRONMENT_FILE).write_text(
         '\n'.join(lines + ['{"torn', '[1]']) + '\n')  # a torn line and a non-object: skipped
-  got = {r['slug']: r['machines'] for r in sweeps.collect(str(tmp_path))}
+  # A run from before results.json named its curriculum source: its config.json does.
+  (tmp_path / 'older' / 'config.json').write_text(json.dumps(
+      {'train': {'init_from': '/runs/claims/n_pairs=2', 'init_from_part': ''}}))
+  (tmp_path / 'none' / 'config.json').write_text('{"train": ')  # unreadable: no source named
+  collected = sweeps.collect(str(tmp_path))
+  got = {r['slug']: r['machines'] for r in collected}
   assert got == {'moved': ['A, 2 CPUs', '1 x H100', 'A, 2 CPUs'],
                  'older': ['not recorded', '1 x H100'], 'none': []}
+  assert {r['slug']: r['init_from'] for r in collected} == {
+      'moved': None, 'older': {'path': '/runs/claims/n_pairs=2', 'part': None}, 'none': None}
   # The CPUs recorded are those the process may use: one for a point a sweep pins to one CPU.
   code = 'from gradmem_jax import environment; print(environment.usable_cpus())'
   out = subprocess.run(sweeps._pinned([sys.executable, '-c', code], {0}), capture_output=True,

@@ -322,6 +322,7 @@ def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys
   that step; if none is kept, the record starts again from what best/ holds."""
   import shutil
   from gradmem_jax.training.checkpoint import Checkpointer
+  from gradmem_jax.training.train import params_checksum
   config = kv_retrieval.get_config('tiny')
   config.train.max_steps = 3
   w = str(tmp_path)
@@ -353,32 +354,92 @@ def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys
     shutil.rmtree(tmp_path / 'checkpoints' / '6')
     ck = Checkpointer(w, 2)
     ck.save(6, state, {**meta, 'best_step': best_step, 'best_token_acc': best['token_acc'],
-                       'best': best})
+                       'best': best, 'best_params_checksum': 0.0})  # the mend recomputes it
     ck.close()
 
   record = dict(out['best'], token_acc=0.75)
   set_record(3, record)
   for d in (tmp_path / 'best').iterdir():
     shutil.rmtree(d)
+  ck = Checkpointer(w, 2)  # best/ holds an older best (step 1): the mend replaces it
+  ck.save_best(1, ckpt_params(3), {'step': 1, 'token_acc': 0.5})
+  ck.close()
   capsys.readouterr()
   out = train_and_evaluate(config, w)
   assert 'saved it again from checkpoints/3' in capsys.readouterr().out
   params, meta = best_params(3)
   assert out['best_step'] == 3 and out['best']['token_acc'] == meta['token_acc'] == 0.75
-  assert same(params, ckpt_params(3))
+  assert same(params, ckpt_params(3)) and sorted(os.listdir(tmp_path / 'best')) == ['3']
+  assert out['best_params_checksum'] == params_checksum(params)
 
-  # 3. The record names step 1, kept nowhere: it starts again from what best/ holds (step 3).
+  # 3. The record names step 5, kept nowhere: it starts again from what best/ holds (step 3).
+  set_record(5, dict(record, token_acc=0.9))
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert re.search(r'warning: best/ lacks the best step so far \(step 5, token acc 0\.9000\); no '
+                   r'checkpoint of that step is kept: .*starts again from best/3',
+                   capsys.readouterr().out)
+  assert out['best_step'] == 3 and out['best']['token_acc'] == 0.75
+  assert out['best_params_checksum'] == params_checksum(params)
+  # ... as when best/ holds a later step than the record (no run makes that; a hand-made mix)
   set_record(1, dict(record, token_acc=0.9))
   capsys.readouterr()
   out = train_and_evaluate(config, w)
-  assert re.search(r'warning: the best so far \(step 1, token acc 0\.9000\) has no parameters on '
-                   r'disk .*starts again from best/3', capsys.readouterr().out)
+  assert "(step 1, token acc 0.9000); it holds step 3, later than the record's" in \
+      capsys.readouterr().out
   assert out['best_step'] == 3 and out['best']['token_acc'] == 0.75
 
-  # 4. ... and with best/ empty, from the next evaluation (none: the run is finished).
-  set_record(1, dict(record, token_acc=0.9))
+  # 4. The record names step 3, whose checkpoint is damaged: the warning says so.
+  set_record(3, dict(record, token_acc=0.9))
   shutil.rmtree(tmp_path / 'best' / '3')
+  ck = Checkpointer(w, 2)
+  ck.save_best(1, params, {'step': 1, 'token_acc': 0.5})
+  ck.close()
+  os.remove(tmp_path / 'checkpoints' / '3' / 'commit_success.txt')
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert re.search(r'checkpoints/3 is damaged: the commit marker .* starts again from best/1',
+                   capsys.readouterr().out)
+  assert out['best_step'] == 1 and out['best']['token_acc'] == 0.5
+
+  # 5. ... and with best/ damaged or empty, from the next evaluation (none: the run is finished).
+  set_record(3, dict(record, token_acc=0.9))
+  os.remove(tmp_path / 'best' / '1' / 'commit_success.txt')
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert re.search(r'checkpoints/3 is damaged: .*; best/1 is damaged: the commit marker .*starts '
+                   'again at the next evaluation', capsys.readouterr().out)
+  assert out['best_step'] == -1
+  set_record(3, dict(record, token_acc=0.9))
+  shutil.rmtree(tmp_path / 'best' / '1')
   capsys.readouterr()
   out = train_and_evaluate(config, w)
   assert 'starts again at the next evaluation' in capsys.readouterr().out
   assert out['best_step'] == -1 and out['best'] == out['final']  # not the stale record
+  assert out['best_params_checksum'] is None
+
+
+def test_a_curriculum_run_names_the_parameters_it_grew_from(tmp_path):
+  """results.json keeps the checksum of the best parameters (best/) and, for a run started from
+  another (train.init_from), that run's path, step and the checksum of what it loaded: equal to
+  the source's best checksum, so a report can check a chain (claims.lineage_lines)."""
+  from gradmem_jax import claims
+  from gradmem_jax.training.train import params_checksum
+  src_dir, dst_dir = tmp_path / 'n_pairs=2', tmp_path / 'n_pairs=4'
+  config = kv_retrieval.get_config('tiny')
+  config.train.max_steps = 3
+  src = train_and_evaluate(config, str(src_dir))
+  assert src['init_from'] is None
+  best, meta = load_params(str(src_dir / 'best'), _abstract_params(config))
+  assert meta['step'] == src['best_step'] and src['best_params_checksum'] == params_checksum(best)
+  config.data.n_pairs = 4
+  config.train.init_from = str(src_dir)
+  dst = train_and_evaluate(config, str(dst_dir))
+  assert dst['init_from'] == {'path': str(src_dir), 'part': None, 'step': src['best_step'],
+                              'params_checksum': src['best_params_checksum']}
+  # A resume keeps it (the checkpoint's meta), and the chain checks out in a report.
+  config.train.max_steps = 6
+  assert train_and_evaluate(config, str(dst_dir))['init_from'] == dst['init_from']
+  lines = claims.lineage_lines(sweeps.collect(str(tmp_path)))
+  assert lines[0].startswith('Curriculum chains: 1 run grew from the best parameters of the run '
+                             'shown for their source; 0 from other parameters; 0 not checked')

@@ -283,9 +283,37 @@ class Checkpointer:
                                                  meta=ocp.args.JsonSave(meta)), force=True)
 
   def best_steps(self) -> list[int]:
-    """The steps best/ holds whole (a save still in flight is waited for)."""
+    """The steps best/ holds, as Orbax lists them (its temporary folders of saves in flight
+    are not listed; a save in flight is waited for first)."""
     self.best.wait_until_finished()
     return sorted(self.best.all_steps())
+
+  def step_damage(self, which: str, step: int) -> Optional[str]:
+    """None when `<workdir>/<which>/<step>` (which: 'checkpoints' or 'best') has every file a
+    finished save leaves, else what is wrong with it."""
+    item = {'checkpoints': 'state', 'best': 'params'}[which]
+    try:
+      _check_files(os.path.join(self.workdir, which, str(step)), (item, 'meta'))
+    except _Damaged as d:
+      return d.reason
+    return None
+
+  def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """(state, meta) of checkpoints/<step>, onto `abstract_state`'s shardings (called by every
+    process, like restore_latest). Damage raises DamagedCheckpointError naming the step."""
+    return self._restore(self.latest, 'checkpoints', step, 'state', abstract_state)
+
+  def restore_best(self, step: int, abstract_params: Any) -> tuple[Any, dict]:
+    """(params, meta) of best/<step>, as restore_step."""
+    return self._restore(self.best, 'best', step, 'params', abstract_params)
+
+  def _restore(self, mngr, which: str, step: int, item: str, abstract: Any):
+    try:
+      return _restore_step(mngr, step, item, _abstract(abstract))
+    except _Damaged as d:
+      raise DamagedCheckpointError(
+          f'checkpoint {os.path.join(self.workdir, which, str(step))} is damaged: {d.reason}. '
+          'Move it away and start the run again.') from None
 
   def set_aside_best_after(self, step: int) -> list[tuple[str, str]]:
     """Moves best checkpoints newer than `step` (the step a run resumes from) to

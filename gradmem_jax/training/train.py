@@ -126,48 +126,65 @@ def _fresh_meta() -> dict:
 
 
 def _mend_best(ckpt: Checkpointer, state: dict, meta: dict, abstract, say=print) -> dict:
-  """The resumed best record (`meta`: best_step, best_token_acc, best) and best/ must name the
-  same step. They part when the run stopped, or a sweep archive snapshotted it, after a step's
-  resumable checkpoint and before its best save (two separate asynchronous saves), or when
-  best/ held a step newer than the resumed one (set aside: `set_aside_best_after`), which
-  replaced the record's step. Then the record's parameters are saved again into best/ from the
-  resumed checkpoint (when the record names the resumed step) or from the checkpoint of that
-  step, if kept; if they are nowhere, the record starts again from what best/ still holds (or
-  from the next evaluation), with a warning. Returns the meta to go on with."""
+  """The resumed best record (`meta`: best_step, best_token_acc, best, best_params_checksum) and
+  best/ must name the same step: results.json's `best` is the evaluation whose parameters are in
+  best/. They part when the run stopped, or a sweep archive snapshotted it, after a step's
+  resumable checkpoint and before its best save (two separate asynchronous saves), or when a best
+  from the lost part of the run (newer than the resumed step, moved to best.lost/ by
+  `set_aside_best_after`) had replaced the record's step. Then the record's parameters are saved
+  into best/ again, from the resumed checkpoint (when the record names the resumed step) or from
+  the kept checkpoint of that step. Where they are nowhere (that checkpoint not kept, or damaged),
+  the record starts again from what best/ still holds (or from the next evaluation), with a
+  warning; a finished run started again writes no new checkpoint, so that warning comes back at
+  each start. Process 0 chooses from the files and every process does the same (the saves and
+  restores are collective). Returns the meta to go on with."""
   best_step = int(meta.get('best_step', -1))
   have = ckpt.best_steps()
   if best_step < 0 or best_step in have:
     return meta
-  resumed = int(state['step'])
-  params, source = None, None
-  if best_step == resumed:
-    params, source = state['params'], f'the resumed checkpoint (step {resumed})'
+  resumed, newest = int(state['step']), max(have, default=-1)
+  plans = ('resumed', 'checkpoint', 'best', 'reset')
+  if newest > best_step:  # best/ names a later best than the record: best/ is what is kept
+    plan, where = 'best', f'it holds step {newest}, later than the record\'s'
+  elif best_step == resumed:
+    plan, where = 'resumed', None
   else:
-    path = os.path.join(ckpt.workdir, 'checkpoints', str(best_step))
-    try:
-      params, _ = load_params(path, abstract['params'])
-      source = f'checkpoints/{best_step}'
-    except (FileNotFoundError, CheckpointError):
-      pass
-  if params is not None:
+    damage = ckpt.step_damage('checkpoints', best_step)
+    kept = os.path.isdir(os.path.join(ckpt.workdir, 'checkpoints', str(best_step)))
+    plan = 'checkpoint' if damage is None else 'best' if have else 'reset'
+    where = (f'checkpoints/{best_step} is damaged: {damage}' if kept else
+             'no checkpoint of that step is kept')
+  if plan == 'best':
+    best_damage = ckpt.step_damage('best', newest)
+    if best_damage is not None:
+      plan, where = 'reset', f'{where}; best/{newest} is damaged: {best_damage}'
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    plan = plans[int(multihost_utils.broadcast_one_to_all(np.int32(plans.index(plan))))]
+  if plan in ('resumed', 'checkpoint'):
+    if plan == 'resumed':
+      params, source = state['params'], f'the resumed checkpoint (step {resumed})'
+    else:
+      params, source = ckpt.restore_step(best_step, abstract)[0]['params'], \
+          f'checkpoints/{best_step}'
+    meta = dict(meta, best_params_checksum=params_checksum(params))
     ckpt.save_best(best_step, params, {'step': best_step, **_jsonable(meta.get('best') or {})})
     ckpt.wait()
-    say(f'best/ lacked the best step so far ({best_step}; its save was cut off or set aside): '
-        f'saved it again from {source}')
+    say(f'best/ lacked the best step so far ({best_step}): its save was cut off, or a best from '
+        f'the lost part of the run replaced it (now in best.lost/); saved it again from {source}')
     return meta
-  meta = {k: v for k, v in meta.items() if k != 'best'}
   was = f'step {best_step}, token acc {float(meta.get("best_token_acc", -1.0)):.4f}'
-  if have:
-    _, kept = load_params(os.path.join(ckpt.workdir, 'best'), abstract['params'])
+  meta = {k: v for k, v in meta.items() if k not in ('best', 'best_params_checksum')}
+  if plan == 'best':
+    kept_params, kept = ckpt.restore_best(newest, abstract['params'])
     ev = {k: v for k, v in kept.items() if k != 'step'}
-    meta.update(best_step=int(kept['step']), best_token_acc=float(ev.get('token_acc', -1.0)),
-                best=ev)
-    now = f'the best record starts again from best/{kept["step"]}, the best parameters kept'
+    meta.update(best_step=newest, best_token_acc=float(ev.get('token_acc', -1.0)), best=ev,
+                best_params_checksum=params_checksum(kept_params))
+    now = f'the best record starts again from best/{newest}, the best parameters kept'
   else:
     meta.update(best_step=-1, best_token_acc=-1.0)
     now = 'the best record starts again at the next evaluation'
-  say(f'warning: the best so far ({was}) has no parameters on disk (best/ lacks that step and '
-      f'no checkpoint of it is kept): {now}')
+  say(f'warning: best/ lacks the best step so far ({was}); {where}: {now}')
   return meta
 
 
@@ -192,9 +209,12 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
           f'resumed step {int(state["step"])}, from the part of the run that was lost')
     return state, _mend_best(ckpt, state, meta, abstract, say), True
   part = config_lib.check_init_from_part(cfg.train)
-  params = None
+  params, meta = None, _fresh_meta()
+  if cfg.train.init_from:  # the run it grows from, so a report can tell a chain that mixes runs
+    meta['init_from'] = {'path': os.path.abspath(cfg.train.init_from), 'part': part or None}
   if cfg.train.init_from and part:
     sub, src = load_params(cfg.train.init_from, abstract['params'][part], part=part)
+    meta['init_from'].update(step=src.get('step'), params_checksum=params_checksum(sub))
     # The memory parameters are initialised from the loaded backbone (the write head copies its
     # output embedding), with this run's seed: as from a pretrained checkpoint.
     params = jax.jit(lambda k, bb: exp.method.init_params(k, backbone_params=bb),
@@ -203,6 +223,7 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
         'parameters are fresh, built on it')
   elif cfg.train.init_from:
     params, src = load_params(cfg.train.init_from, abstract['params'])
+    meta['init_from'].update(step=src.get('step'), params_checksum=params_checksum(params))
     say(f'initialised params from {cfg.train.init_from} (step {src.get("step")})')
   else:
     params = pretrained_params(exp, jax.random.PRNGKey(cfg.seed))
@@ -218,7 +239,7 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
     # thrown away (for SmolLM2 that was a 30-layer init program, 53 s to compile on 2 CPU cores).
     state = jax.jit(functools.partial(state_from_params, exp), out_shardings=shardings,
                     donate_argnums=0)(jax.device_put(params, shardings['params']))
-  return state, _fresh_meta(), False
+  return state, meta, False
 
 
 def _state_is_finite(state) -> bool:
@@ -410,7 +431,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         writer.write(step, {f'val/{k}': v for k, v in ev.items()})
         say(_eval_line(step, ev))
         if state_finite and ev.get('token_acc', 0.0) > meta['best_token_acc']:
-          meta.update(best_token_acc=ev['token_acc'], best_step=step, best=ev)
+          meta.update(best_token_acc=ev['token_acc'], best_step=step, best=ev,
+                      best_params_checksum=params_checksum(state['params']))
           ckpt.save_best(step, state['params'], {'step': step, **_jsonable(ev)})
         if cfg.train.target_em and ev.get('em', 0.0) >= cfg.train.target_em - 1e-9:
           stop_reason, stop_now = f'target EM {cfg.train.target_em} reached', True
@@ -450,6 +472,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       'seed': int(cfg.seed), 'devices': exp.mesh.size,
       'skipped_steps': int(meta.get('skipped_steps', 0)),
       'params_checksum': params_checksum(state['params']),
+      # The parameters in best/ (params_checksum's sum), and the run this one grew from (with
+      # the checksum of the parameters it loaded): a report checks a curriculum chain with them.
+      'best_params_checksum': meta.get('best_params_checksum'),
+      'init_from': meta.get('init_from'),
       'environment': env,  # the finishing session's; every session's in environment.jsonl
   }
   print(f'process {jax.process_index()}/{jax.process_count()}: params checksum '
