@@ -523,16 +523,16 @@ def overlay(run_lists: Sequence[Sequence[dict]]) -> list[dict]:
 
 LEDGER_FIELDS = ('label', 'method', 'K', 'grad_mode', 'rmt_update', 'n_pairs', 'seed', 'best_em',
                  'best_step', 'steps', 'wall_time_s', 'k_extrapolation', 'source', 'stop_reason',
-                 'em_curve', 'backbone', 'machine', 'init_from', 'init_checksum',
+                 'em_curve', 'backbone', 'machine', 'init_from', 'init_step', 'init_checksum',
                  'best_checksum')
 # Columns added later: a ledger written before them still reads (as runs without a curve, on the
 # default backbone, on a machine not recorded). 'machine': where the run's sessions ran
 # (environment.session_machines, joined by ' -> '), blank for runs from before environment.jsonl.
-# 'init_from' / 'init_checksum': the point a curriculum run grew from and the checksum of the
-# parameters it loaded; 'best_checksum': the checksum of a run's best parameters (blank for runs
-# from before they were recorded): lineage_lines checks the chains with them.
+# 'init_from' / 'init_step' / 'init_checksum': the point a curriculum run grew from, the step
+# and the checksum of the parameters it loaded; 'best_checksum': the checksum of a run's best
+# parameters (blank for runs from before they were recorded): lineage_lines checks the chains.
 OPTIONAL_LEDGER_FIELDS = ('stop_reason', 'em_curve', 'backbone', 'machine', 'init_from',
-                          'init_checksum', 'best_checksum')
+                          'init_step', 'init_checksum', 'best_checksum')
 LEDGER_METHODS = ('gradmem', 'rmt', 'full_context')
 
 
@@ -558,6 +558,8 @@ def ledger_rows(runs: Sequence[dict]) -> list[dict]:
         'backbone': '' if identity_value(r, 'backbone') == DEFAULT_BACKBONE else r['backbone'],
         'machine': ' -> '.join(r['machines']) if r.get('machines') else r.get('machine') or '',
         'init_from': _init_source(r) or '',
+        'init_step': '' if (r.get('init_from') or {}).get('step') is None else
+                     int(r['init_from']['step']),
         'init_checksum': _blank_or(_init_checksum(r)),
         'best_checksum': _blank_or(r.get('best_params_checksum'))})
   rows.sort(key=lambda w: (label_order(w['label']), w['n_pairs'], w['seed']))
@@ -584,27 +586,35 @@ def lineage_lines(runs: Sequence[dict]) -> list[str]:
   parameters of the run shown at the previous N. A point rerun after its users ran (a lost run
   directory, a rerun on another machine) breaks that silently; the checksums say so. Runs
   from before the checksums were recorded are not checked (counted)."""
-  by_name = {r.get('slug') or r.get('source'): r for _, r in claim_runs(runs)}
+  named: dict = {}
+  for _, r in claim_runs(runs):
+    named.setdefault(r.get('slug') or r.get('source'), []).append(r)
   ok, unknown, broken = 0, 0, []
   for lab, r in claim_runs(runs):
     src_name = _init_source(r)
     if src_name is None:
       continue
-    src, want = by_name.get(src_name), _init_checksum(r)
+    # Matched by the point's name: two runs of that name (sweeps merged) leave it unchecked.
+    src = named[src_name][0] if len(named.get(src_name, ())) == 1 else None
+    want = _init_checksum(r)
     have = None if src is None else src.get('best_params_checksum')
     if src is None or want is None or have is None:
       unknown += 1
     elif math.isclose(float(want), float(have), rel_tol=1e-12, abs_tol=0.0):
       ok += 1
     else:
+      step, best = (r.get('init_from') or {}).get('step'), src.get('best_step')
+      steps = (f'; it loaded step {step}, the run shown keeps step {best}'
+               if step is not None and best is not None else '')
       broken.append(f'- **{lab}, N={r["n_pairs"]}, seed {r.get("seed", 0)}** grew from other '
                     f'parameters than the best of the run shown for {src_name} (checksum '
-                    f'{float(want)!r}, the run shown: {float(have)!r}): that point ran again '
-                    'after this one started, or this one loaded its latest checkpoint. The chain '
-                    'mixes runs; run this point again, or show the run it grew from.')
+                    f'{float(want)!r}, the run shown: {float(have)!r}{steps}): that point ran '
+                    'again after this one started, or this one loaded its latest checkpoint. The '
+                    'chain mixes runs; run this point again, or show the run it grew from.')
   line = (f'Curriculum chains: {ok} run{"s" * (ok != 1)} grew from the best parameters of the run '
           f'shown for their source; {len(broken)} from other parameters; {unknown} not checked '
-          '(a source not in this report, or runs from before the checksums were recorded).')
+          '(a source not in this report or named twice, or runs from before the checksums were '
+          'recorded).')
   return [line] + ([''] + broken if broken else [])
 
 
@@ -687,7 +697,8 @@ def _read_ledger(path: str) -> list[dict]:
       source = (row.get('init_from') or '').strip()
       if source:
         r['init_from'] = {'path': source, 'params_checksum': _ledger_value(
-            path, line, row, 'init_checksum', float, allow_blank=True)}
+            path, line, row, 'init_checksum', float, allow_blank=True),
+            'step': _ledger_value(path, line, row, 'init_step', int, allow_blank=True)}
       r['best_params_checksum'] = _ledger_value(path, line, row, 'best_checksum', float,
                                                 allow_blank=True)
       em = _ledger_value(path, line, row, 'best_em', float)

@@ -577,16 +577,20 @@ def collect_finished(sweep_dir: str) -> list[dict]:
   return runs
 
 
-def _config_init_from(config_path: str) -> Optional[dict]:
-  """{'path', 'part'} of a run's train.init_from (its config.json), or None: a run that did
-  not grow from another (or whose config is unreadable)."""
-  try:
-    with open(config_path) as f:
-      train = json.load(f).get('train') or {}
-  except (OSError, ValueError, AttributeError):
-    return None
-  path = train.get('init_from') if isinstance(train, dict) else None
-  return {'path': path, 'part': train.get('init_from_part') or None} if path else None
+def _config_init_from(run_dir: str) -> Optional[dict]:
+  """{'path', 'part'} of a run's train.init_from from its config.json, else config.prev.json
+  (a resume launched without init_from replaced config.json), or None: a run that did not grow
+  from another (or whose configs are unreadable)."""
+  for name in ('config.json', 'config.prev.json'):
+    try:
+      with open(os.path.join(run_dir, name)) as f:
+        train = json.load(f).get('train') or {}
+      path = train.get('init_from')
+    except (OSError, ValueError, AttributeError):
+      continue
+    if path:
+      return {'path': path, 'part': train.get('init_from_part') or None}
+  return None
 
 
 def collect(sweep_dir: str) -> list[dict]:
@@ -594,10 +598,12 @@ def collect(sweep_dir: str) -> list[dict]:
   K extrapolation and 'machines': where its sessions ran, in order
   (environment.session_machines; empty for runs from before environment.jsonl)."""
   manifest_path = os.path.join(sweep_dir, 'sweep.json')
-  overrides = {}
+  overrides, chains = {}, {}
   if os.path.exists(manifest_path):
-    for p in json.load(open(manifest_path))['points']:
+    manifest = json.load(open(manifest_path))
+    for p in manifest['points']:
       overrides[p['slug']] = p['overrides']
+    chains = manifest.get('init_from') or {}
   rows = []
   for name in sorted(os.listdir(sweep_dir)):
     path = os.path.join(sweep_dir, name, 'results.json')
@@ -611,8 +617,10 @@ def collect(sweep_dir: str) -> list[dict]:
       r['k_extrapolation'] = json.load(open(kx))
     r['machines'] = environment.session_machines(
         environment.read(os.path.join(sweep_dir, name)))
-    if r.get('init_from') is None:  # a run from before results.json named it: its config does
-      r['init_from'] = _config_init_from(os.path.join(sweep_dir, name, 'config.json'))
+    if r.get('init_from') is None:  # a run from before results.json named it: its config does,
+      r['init_from'] = _config_init_from(os.path.join(sweep_dir, name)) or (  # else the sweep's
+          {'path': os.path.join(sweep_dir, chains[name]), 'part': None} if name in chains
+          else None)
     rows.append(r)
   return rows
 

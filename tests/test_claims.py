@@ -741,14 +741,23 @@ def test_a_chain_that_mixes_runs_is_named(tmp_path):
                         'params_checksum': 555.0}
   g4 = {r['seed']: r for r in runs if r['method'] == 'gradmem' and r['n_pairs'] == 4}
   g4[0]['init_from']['params_checksum'] = 100.0      # the run shown: checks out
-  g4[1]['init_from']['params_checksum'] = 999.0      # another run of its source
+  g4[1]['init_from'].update(params_checksum=999.0, step=4000)  # another run of its source
+  src[1]['best_step'] = 3500
   g4[2]['init_from']['params_checksum'] = None       # not recorded
   lines = claims.lineage_lines(runs)
   assert lines[0] == ('Curriculum chains: 1 run grew from the best parameters of the run shown '
                       'for their source; 1 from other parameters; 4 not checked (a source not in '
-                      'this report, or runs from before the checksums were recorded).')
+                      'this report or named twice, or runs from before the checksums were '
+                      'recorded).')
   assert len(lines) == 3 and lines[2].startswith('- **GradMem K=1, N=4, seed 1** grew from other '
                                                  'parameters than the best of the run shown')
+  assert '(checksum 999.0, the run shown: 101.0; it loaded step 4000, the run shown keeps step ' \
+         '3500)' in lines[2]
+  # Two runs named as seed 0's source (two sweeps merged): that chain is not checked.
+  twin = dict(src[0], seed=7, best_params_checksum=7.0)
+  assert claims.lineage_lines(runs + [twin])[0].startswith(
+      'Curriculum chains: 0 runs grew from the best parameters of the run shown for their '
+      'source; 1 from other parameters; 5 not checked')
   # A part of a run (init_from_part) is not the source's whole best: not checked.
   g4[0]['init_from']['part'] = 'backbone'
   assert claims.lineage_lines(runs)[0].startswith('Curriculum chains: 0 runs grew')

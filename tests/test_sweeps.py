@@ -130,12 +130,22 @@ def test_collect_names_where_each_run_ran(tmp_path):
   (tmp_path / 'older' / 'config.json').write_text(json.dumps(
       {'train': {'init_from': '/runs/claims/n_pairs=2', 'init_from_part': ''}}))
   (tmp_path / 'none' / 'config.json').write_text('{"train": ')  # unreadable: no source named
+  # A resume without init_from moved the first config to config.prev.json: that one names it.
+  (tmp_path / 'moved' / 'config.json').write_text(json.dumps({'train': {'init_from': ''}}))
+  (tmp_path / 'moved' / 'config.prev.json').write_text(json.dumps(
+      {'train': {'init_from': '/runs/claims/n_pairs=4', 'init_from_part': 'backbone'}}))
   collected = sweeps.collect(str(tmp_path))
   got = {r['slug']: r['machines'] for r in collected}
   assert got == {'moved': ['A, 2 CPUs', '1 x H100', 'A, 2 CPUs'],
                  'older': ['not recorded', '1 x H100'], 'none': []}
   assert {r['slug']: r['init_from'] for r in collected} == {
-      'moved': None, 'older': {'path': '/runs/claims/n_pairs=2', 'part': None}, 'none': None}
+      'moved': {'path': '/runs/claims/n_pairs=4', 'part': 'backbone'},
+      'older': {'path': '/runs/claims/n_pairs=2', 'part': None}, 'none': None}
+  # Neither config names it: the sweep's manifest does (its chains).
+  (tmp_path / 'sweep.json').write_text(json.dumps(
+      {'points': [], 'init_from': {'none': 'older'}}))
+  (none,) = [r for r in sweeps.collect(str(tmp_path)) if r['slug'] == 'none']
+  assert none['init_from'] == {'path': str(tmp_path / 'older'), 'part': None}
   # The CPUs recorded are those the process may use: one for a point a sweep pins to one CPU.
   code = 'from gradmem_jax import environment; print(environment.usable_cpus())'
   out = subprocess.run(sweeps._pinned([sys.executable, '-c', code], {0}), capture_output=True,

@@ -407,8 +407,9 @@ def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys
   os.remove(tmp_path / 'best' / '1' / 'commit_success.txt')
   capsys.readouterr()
   out = train_and_evaluate(config, w)
-  assert re.search(r'checkpoints/3 is damaged: .*; best/1 is damaged: the commit marker .*starts '
-                   'again at the next evaluation', capsys.readouterr().out)
+  assert re.search(r'checkpoints/3 is damaged: .*; best/1 could not be restored: .*best/1 is '
+                   r'damaged: the commit marker .*starts again at the next evaluation',
+                   capsys.readouterr().out)
   assert out['best_step'] == -1
   set_record(3, dict(record, token_acc=0.9))
   shutil.rmtree(tmp_path / 'best' / '1')
@@ -417,6 +418,17 @@ def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys
   assert 'starts again at the next evaluation' in capsys.readouterr().out
   assert out['best_step'] == -1 and out['best'] == out['final']  # not the stale record
   assert out['best_params_checksum'] is None
+
+  # 6. checkpoints/3 whole on disk but its data garbled: its restore fails, the record restarts.
+  (tmp_path / 'checkpoints' / '3' / 'commit_success.txt').write_text('ok')
+  for f in (tmp_path / 'checkpoints' / '3' / 'state' / 'ocdbt.process_0' / 'd').iterdir():
+    f.write_bytes(b'garbled')
+  set_record(3, dict(record, token_acc=0.9))
+  capsys.readouterr()
+  out = train_and_evaluate(config, w)
+  assert re.search(r'checkpoints/3 could not be restored: .*starts again at the next evaluation',
+                   capsys.readouterr().out)
+  assert out['best_step'] == -1
 
 
 def test_a_curriculum_run_names_the_parameters_it_grew_from(tmp_path):
@@ -443,3 +455,40 @@ def test_a_curriculum_run_names_the_parameters_it_grew_from(tmp_path):
   lines = claims.lineage_lines(sweeps.collect(str(tmp_path)))
   assert lines[0].startswith('Curriculum chains: 1 run grew from the best parameters of the run '
                              'shown for their source; 0 from other parameters; 0 not checked')
+
+
+def test_best_mend_follows_process_0_and_a_restore_failing_anywhere(monkeypatch):
+  """With several processes the mend's choice is process 0's (broadcast), and a restore counts
+  as done only if it worked on every process (allgather); faked here on one process."""
+  from jax.experimental import multihost_utils
+  from gradmem_jax.training import train as train_lib
+  from gradmem_jax.training.checkpoint import DamagedCheckpointError
+
+  class FakeCkpt:
+    workdir = '/nonexistent'
+    def best_steps(self):
+      return [3]  # this process sees the record's step in best/: nothing to mend
+    def restore_best(self, step, abstract):
+      return {'w': np.ones(2)}, {'step': step, 'token_acc': 0.5}
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  meta = {'best_step': 3, 'best_token_acc': 0.9, 'best': {'token_acc': 0.9}}
+  state = {'step': 6, 'params': {'w': np.zeros(2)}}
+  said = []
+  # Process 0 saw otherwise: best/ holding step 1 only ('best'). This process follows it.
+  monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all',
+                      lambda x: np.array([train_lib._MEND_PLANS.index('best'), 1]))
+  monkeypatch.setattr(multihost_utils, 'process_allgather', lambda x: np.array([1, 1]))
+  out = train_lib._mend_best(FakeCkpt(), state, dict(meta), {'params': None}, said.append)
+  assert out['best_step'] == 1 and out['best_token_acc'] == 0.5 and 'best/1' in said[-1]
+  # The restore worked here and failed on the other process: both take the next choice.
+  monkeypatch.setattr(multihost_utils, 'process_allgather', lambda x: np.array([1, 0]))
+  out = train_lib._mend_best(FakeCkpt(), state, dict(meta), {'params': None}, said.append)
+  assert out['best_step'] == -1 and 'failed on another process' in said[-1]
+  # ... and a failure here with success elsewhere is a failure for all.
+  monkeypatch.setattr(multihost_utils, 'process_allgather', lambda x: np.array([0, 1]))
+  def bad():
+    raise DamagedCheckpointError('garbled')
+  assert train_lib._attempt(bad)[1] is not None
+  monkeypatch.setattr(multihost_utils, 'process_allgather', lambda x: np.array([1, 1]))
+  assert train_lib._attempt(lambda: 5) == (5, None)

@@ -292,8 +292,10 @@ class Checkpointer:
     """None when `<workdir>/<which>/<step>` (which: 'checkpoints' or 'best') has every file a
     finished save leaves, else what is wrong with it."""
     item = {'checkpoints': 'state', 'best': 'params'}[which]
+    step_dir = os.path.join(self.workdir, which, str(step))
     try:
-      _check_files(os.path.join(self.workdir, which, str(step)), (item, 'meta'))
+      _check_files(step_dir, (item, 'meta'))
+      _stored_tree(os.path.join(step_dir, item))
     except _Damaged as d:
       return d.reason
     return None
@@ -309,6 +311,9 @@ class Checkpointer:
 
   def _restore(self, mngr, which: str, step: int, item: str, abstract: Any):
     try:
+      step_dir = os.path.join(self.workdir, which, str(step))
+      _check_files(step_dir, (item, 'meta'))
+      _stored_tree(os.path.join(step_dir, item))
       return _restore_step(mngr, step, item, _abstract(abstract))
     except _Damaged as d:
       raise DamagedCheckpointError(

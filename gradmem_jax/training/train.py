@@ -125,67 +125,112 @@ def _fresh_meta() -> dict:
           'elapsed_s': 0.0}
 
 
+def _all_ok(ok: bool) -> bool:
+  """Whether `ok` holds on every process (one process: itself)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _attempt(fn):
+  """(fn(), None), or (None, the CheckpointError it raised), agreed by every process: a restore
+  that fails on one process fails on all."""
+  try:
+    out, err = fn(), None
+  except CheckpointError as e:
+    out, err = None, e
+  if not _all_ok(err is None):
+    return None, err or CheckpointError('it failed on another process')
+  return out, None
+
+
+_MEND_PLANS = ('none', 'resumed', 'checkpoint', 'best', 'reset')
+
+
 def _mend_best(ckpt: Checkpointer, state: dict, meta: dict, abstract, say=print) -> dict:
-  """The resumed best record (`meta`: best_step, best_token_acc, best, best_params_checksum) and
-  best/ must name the same step: results.json's `best` is the evaluation whose parameters are in
-  best/. They part when the run stopped, or a sweep archive snapshotted it, after a step's
-  resumable checkpoint and before its best save (two separate asynchronous saves), or when a best
-  from the lost part of the run (newer than the resumed step, moved to best.lost/ by
-  `set_aside_best_after`) had replaced the record's step. Then the record's parameters are saved
-  into best/ again, from the resumed checkpoint (when the record names the resumed step) or from
-  the kept checkpoint of that step. Where they are nowhere (that checkpoint not kept, or damaged),
-  the record starts again from what best/ still holds (or from the next evaluation), with a
-  warning; a finished run started again writes no new checkpoint, so that warning comes back at
-  each start. Process 0 chooses from the files and every process does the same (the saves and
-  restores are collective). Returns the meta to go on with."""
+  """The resumed best record (`meta`: best_step, best_token_acc, best) and best/ must name the
+  same step: results.json's `best` is the evaluation whose parameters are in best/. They part
+  when the run stopped, or a sweep archive snapshotted it, after a step's resumable checkpoint
+  and before its best save (two separate asynchronous saves), or when a best from the lost part
+  of the run (newer than the resumed step, moved to best.lost/ by `set_aside_best_after`) had
+  replaced the record's step. Then the record's parameters are saved into best/ again, from the
+  resumed checkpoint (when the record names the resumed step) or from the kept checkpoint of
+  that step. Where they are nowhere (that checkpoint not kept, or damaged), the record starts
+  again from what best/ still holds (or from the next evaluation), with a warning; a finished
+  run started again writes no new checkpoint, so that warning comes back at each start. Process
+  0 chooses from the files and every process follows (the saves and restores are collective);
+  a restore that fails on any process falls through to the next choice on all. Returns the meta
+  to go on with."""
   best_step = int(meta.get('best_step', -1))
   have = ckpt.best_steps()
-  if best_step < 0 or best_step in have:
-    return meta
   resumed, newest = int(state['step']), max(have, default=-1)
-  plans = ('resumed', 'checkpoint', 'best', 'reset')
-  if newest > best_step:  # best/ names a later best than the record: best/ is what is kept
+  where = None
+  if best_step < 0 or best_step in have:
+    plan = 'none'
+  elif newest > best_step:  # best/ names a later best than the record: best/ is what is kept
     plan, where = 'best', f'it holds step {newest}, later than the record\'s'
   elif best_step == resumed:
-    plan, where = 'resumed', None
+    plan = 'resumed'
   else:
     damage = ckpt.step_damage('checkpoints', best_step)
     kept = os.path.isdir(os.path.join(ckpt.workdir, 'checkpoints', str(best_step)))
     plan = 'checkpoint' if damage is None else 'best' if have else 'reset'
     where = (f'checkpoints/{best_step} is damaged: {damage}' if kept else
              'no checkpoint of that step is kept')
-  if plan == 'best':
-    best_damage = ckpt.step_damage('best', newest)
-    if best_damage is not None:
-      plan, where = 'reset', f'{where}; best/{newest} is damaged: {best_damage}'
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # process 0's listing decides for all
     from jax.experimental import multihost_utils
-    plan = plans[int(multihost_utils.broadcast_one_to_all(np.int32(plans.index(plan))))]
-  if plan in ('resumed', 'checkpoint'):
-    if plan == 'resumed':
-      params, source = state['params'], f'the resumed checkpoint (step {resumed})'
+    i, newest = (int(x) for x in multihost_utils.broadcast_one_to_all(
+        np.array([_MEND_PLANS.index(plan), newest], np.int64)))
+    plan = _MEND_PLANS[i]
+  if plan == 'none':
+    return meta
+  where = where or 'as process 0 found'  # another process followed process 0's listing
+  params = None
+  if plan == 'resumed':
+    params, source = state['params'], f'the resumed checkpoint (step {resumed})'
+  elif plan == 'checkpoint':
+    restored, err = _attempt(lambda: ckpt.restore_step(best_step, abstract))
+    if err is None:
+      params, source = restored[0]['params'], f'checkpoints/{best_step}'
     else:
-      params, source = ckpt.restore_step(best_step, abstract)[0]['params'], \
-          f'checkpoints/{best_step}'
-    meta = dict(meta, best_params_checksum=params_checksum(params))
+      plan = 'best' if newest >= 0 else 'reset'
+      where = f'checkpoints/{best_step} could not be restored: {err}'
+  if params is not None:
     ckpt.save_best(best_step, params, {'step': best_step, **_jsonable(meta.get('best') or {})})
     ckpt.wait()
     say(f'best/ lacked the best step so far ({best_step}): its save was cut off, or a best from '
         f'the lost part of the run replaced it (now in best.lost/); saved it again from {source}')
     return meta
   was = f'step {best_step}, token acc {float(meta.get("best_token_acc", -1.0)):.4f}'
-  meta = {k: v for k, v in meta.items() if k not in ('best', 'best_params_checksum')}
+  meta = {k: v for k, v in meta.items() if k != 'best'}
+  kept = None
   if plan == 'best':
-    kept_params, kept = ckpt.restore_best(newest, abstract['params'])
-    ev = {k: v for k, v in kept.items() if k != 'step'}
-    meta.update(best_step=newest, best_token_acc=float(ev.get('token_acc', -1.0)), best=ev,
-                best_params_checksum=params_checksum(kept_params))
+    kept, err = _attempt(lambda: ckpt.restore_best(newest, abstract['params']))
+    if err is not None:
+      where = f'{where}; best/{newest} could not be restored: {err}'
+  if kept is not None:
+    ev = {k: v for k, v in kept[1].items() if k != 'step'}
+    meta.update(best_step=newest, best_token_acc=float(ev.get('token_acc', -1.0)), best=ev)
     now = f'the best record starts again from best/{newest}, the best parameters kept'
   else:
     meta.update(best_step=-1, best_token_acc=-1.0)
     now = 'the best record starts again at the next evaluation'
   say(f'warning: best/ lacks the best step so far ({was}); {where}: {now}')
   return meta
+
+
+def _best_checksum(ckpt: Checkpointer, meta: dict, abstract) -> Any:
+  """params_checksum of the parameters in best/ (those a run started from this one loads), or
+  None (no best yet, or best/ unreadable: warned)."""
+  step = int(meta.get('best_step', -1))
+  if step < 0:
+    return None
+  restored, err = _attempt(lambda: ckpt.restore_best(step, abstract['params']))
+  if err is not None:
+    logging.warning('best/%d could not be read for its checksum: %s', step, err)
+    return None
+  return params_checksum(restored[0])
 
 
 def restore_or_init(exp: Experiment, ckpt: Checkpointer, abstract, shardings,
@@ -431,8 +476,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         writer.write(step, {f'val/{k}': v for k, v in ev.items()})
         say(_eval_line(step, ev))
         if state_finite and ev.get('token_acc', 0.0) > meta['best_token_acc']:
-          meta.update(best_token_acc=ev['token_acc'], best_step=step, best=ev,
-                      best_params_checksum=params_checksum(state['params']))
+          meta.update(best_token_acc=ev['token_acc'], best_step=step, best=ev)
           ckpt.save_best(step, state['params'], {'step': step, **_jsonable(ev)})
         if cfg.train.target_em and ev.get('em', 0.0) >= cfg.train.target_em - 1e-9:
           stop_reason, stop_now = f'target EM {cfg.train.target_em} reached', True
@@ -474,7 +518,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       'params_checksum': params_checksum(state['params']),
       # The parameters in best/ (params_checksum's sum), and the run this one grew from (with
       # the checksum of the parameters it loaded): a report checks a curriculum chain with them.
-      'best_params_checksum': meta.get('best_params_checksum'),
+      'best_params_checksum': _best_checksum(ckpt, meta, abstract),
       'init_from': meta.get('init_from'),
       'environment': env,  # the finishing session's; every session's in environment.jsonl
   }
