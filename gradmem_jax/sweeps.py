@@ -427,6 +427,13 @@ def run_sweep(config_spec: str, sweep: Sweep, sweep_dir: str, *, dry_run: bool =
         eta = f', ETA {(len(todo) - n_done) * elapsed / n_done / 60:.1f} min'
       on = f' on worker {w}' if len(slots) > 1 else ''
       log(f'{head(i)}: running{on} ({n_done}/{len(todo)} done{eta})')
+      grown = [u for u, src in sweep.init_from.items() if src == slugs[i] and (
+          is_finished(os.path.join(sweep_dir, u))
+          or _complete_steps(os.path.join(sweep_dir, u, 'checkpoints')))]
+      if grown:  # a rerun of a source: its users grew from the run it replaces
+        log(f'  note: {", ".join(grown)} started from an earlier run of this point and will not '
+            'grow from this one; run them again too (--only), or the claims report names the '
+            'chain as one that mixes runs')
       start(w, i, point_command(config_spec, sweep, p, sweep_dir, module, python=sys.executable),
             'train')
       waiting.remove(i)

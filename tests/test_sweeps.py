@@ -220,6 +220,19 @@ def test_a_curriculum_chain_continues_from_its_archive_in_a_fresh_sweep_dir(tmp_
       log=lambda _: None, cwd=ROOT)}
   assert run(sd2) == {'n_pairs=2': 'skipped', 'n_pairs=4': 'skipped',
                       'n_pairs=8': 'failed (exit 1)', 'n_pairs=3': 'failed (exit 1)'}
+  # A source run again (its directory lost) after its user finished: the sweep says the chain
+  # will mix runs.
+  shutil.rmtree(sd2 / 'n_pairs=2')
+  logs = []
+  sweeps.run_sweep('configs/kv_retrieval.py', chain, str(sd2), module='experiments.no_such_module',
+                   log=logs.append, cwd=ROOT)
+  (note,) = [l for l in logs if 'note:' in l]
+  assert note == ('  note: n_pairs=4 started from an earlier run of this point and will not grow '
+                  'from this one; run them again too (--only), or the claims report names the '
+                  'chain as one that mixes runs')
+  assert logs[logs.index(note) - 1].startswith('[1/4] n_pairs=2: running')
+  shutil.rmtree(sd2 / 'n_pairs=2')  # the failed start: the archived run comes back instead
+  restore(out, sd2)
 
   # An archive without parameters: a point that a point to run starts from is not restored (it
   # runs again), and neither is its own source, for the same reason; the rest is restored.
