@@ -14,8 +14,12 @@ Same code, config and seed, two questions (the commands are in this directory's 
    CPUs compiled for AVX2 only. Best validation EM per seed, and a figure of validation EM
    against step.
 3. Claim 1 at N = 2 (GradMem K=1 against RMT x1, 4,000 and 12,000 steps) with each set of
-   runs: RMT x1's seed 0 ran on one CPU in the last-but-one session's rerun (44.4%) and on two
+   runs: RMT x1's seed 0 ran on one CPU in the third session's rerun (44.4%) and on two
    here (the lost run's 22.4%); its seeds 1-2 are two-CPU reruns (the claims archive).
+4. GradMem K=1's curriculum chains N = 2 -> 4 -> 8 of seeds 1-2 on one CPU (the third session's
+   --workers=2 sweep) and on two (here, the claims sweep's points run with --only from the
+   two-CPU N = 2 runs), and claim 1 at N = 4 and 8 with each (seed 0's N = 4 and 8 are the lost
+   runs, two CPUs; RMT x1's seeds 1-2 two-CPU reruns).
 
   python benchmarks/results/claims_rounding/rounding.py   # from the repository root
 
@@ -143,10 +147,48 @@ def claim1_sets(table):
   return [(name, cell(a), cell(b), claims.compare(cell(a), cell(b))) for name, a, b in sets]
 
 
+def lost_em(label, n, seed):
+  with open(os.path.join(ROOT, 'benchmarks', 'results', 'claims_cpu', 'lost_runs.csv')) as f:
+    for r in csv.DictReader(f):
+      if (r['label'], r['n_pairs'], r['seed']) == (label, str(n), str(seed)):
+        return float(r['best_em'])
+  return None
+
+
+def em_or_none(run_dir):
+  return best_em(run_dir) if os.path.exists(os.path.join(run_dir, 'results.json')) else None
+
+
+CHAIN = 'n_pairs={},method=gradmem,K=1,inner_lr=0.3,lr=0.001,seed={}'
+RMT1N = ('n_pairs={},method=rmt,K=1,memory.rmt_update=replace,memory.mem_proj=proj,lr=0.001,'
+         'max_steps=12000,seed={}')
+
+
+def chains():
+  """GradMem K=1, N = 4 and 8: per seed, one CPU and two; and claim 1 with each."""
+  rows, verdicts = [], []
+  for n in (4, 8):
+    one = {s: em_or_none(os.path.join(RUNS, 'claims_rounding_rerun', CHAIN.format(n, s)))
+           for s in (1, 2)}
+    two = {s: em_or_none(os.path.join(RUNS, 'claims_rounding_native', CHAIN.format(n, s)))
+           for s in (1, 2)}
+    lost = lost_em('GradMem K=1', n, 0)
+    rows.append({'n_pairs': n, 'seed0_lost': lost, 'one_cpu': one, 'two_cpus': two})
+    rmt = [lost_em('RMT x1', n, 0)] + [
+        best_em(os.path.join(RUNS, 'claims_cpu', RMT1N.format(n, s))) for s in (1, 2)]
+    for name, g in (('two CPUs (the claims report)', two), ('one CPU (the third session)', one)):
+      if None in g.values() or lost is None:
+        continue
+      a, b = cell([lost, g[1], g[2]]), cell(rmt)
+      verdicts.append((n, name, a, b, claims.compare(a, b)))
+  return rows, verdicts
+
+
 def main():
   steps = first_steps()
   table = whole_runs()
   verdicts = claim1_sets(table)
+  chain_rows, chain_verdicts = chains()
   names = [LOST, *WHOLE]
   em = lambda v: '' if v is None else f'{100 * (v if isinstance(v, float) else v["best_em"]):.1f}'
   md = ['# Why reruns part: the CPUs a run gets, not the code', '',
@@ -187,13 +229,37 @@ def main():
               f'{100 * (a["em_std"] + b["em_std"]):.1f} | {verdict} |')
   md += ['', 'RMT x1 seed 0 on two CPUs gives the lost run\'s '
          f'{100 * verdicts[1][2]["by_seed"][0]:.1f}% (one CPU: '
-         f'{100 * verdicts[2][2]["by_seed"][0]:.1f}%).', '']
+         f'{100 * verdicts[2][2]["by_seed"][0]:.1f}%).', '',
+         '## GradMem K=1\'s chains N = 2 -> 4 -> 8 on one CPU and on two (seeds 1-2)', '',
+         'Best EM (%). Seed 0\'s N = 4 and 8 runs are the lost runs (two CPUs). Blank: not run.',
+         '', '| N | seed 0 (lost run) | seed 1, one CPU | seed 1, two CPUs | seed 2, one CPU | '
+         'seed 2, two CPUs |', '|---|---|---|---|---|---|']
+  pc = lambda v: '' if v is None else f'{100 * v:.1f}'
+  n2 = {row['seed']: row for row in table}
+  md.append(f'| 2 | {pc(n2[0][LOST])} | {em(n2[1][RERUN])} | {em(n2[1]["here, 2 CPUs"])} | '
+            f'{em(n2[2][RERUN])} | {em(n2[2]["here, 2 CPUs"])} |')
+  for row in chain_rows:
+    md.append(f'| {row["n_pairs"]} | {pc(row["seed0_lost"])} | {pc(row["one_cpu"][1])} | '
+              f'{pc(row["two_cpus"][1])} | {pc(row["one_cpu"][2])} | {pc(row["two_cpus"][2])} |')
+  if chain_verdicts:
+    md += ['', 'Claim 1 at N = 4 and 8 (GradMem K=1 seeds 0-2 against RMT x1 seeds 0-2):', '',
+           '| N | GradMem K=1 seeds 1-2 on | GradMem K=1 | RMT x1 | gap | spreads summed | '
+           'verdict |', '|---|---|---|---|---|---|---|']
+    for n, name, a, b, v in chain_verdicts:
+      md.append(f'| {n} | {name} | {pct(a)} | {pct(b)} | '
+                f'{100 * (a["em_mean"] - b["em_mean"]):.1f} | '
+                f'{100 * (a["em_std"] + b["em_std"]):.1f} | {v} |')
+  md.append('')
   with open(os.path.join(HERE, 'rounding.md'), 'w') as f:
     f.write('\n'.join(md))
   with open(os.path.join(HERE, 'rounding.json'), 'w') as f:
     json.dump({'first_steps': steps, 'whole_runs': table,
                'claim1_n2': [{'runs': n, 'gradmem_k1': a, 'rmt_x1': b, 'verdict': v}
-                             for n, a, b, v in verdicts]}, f, indent=1)
+                             for n, a, b, v in verdicts],
+               'chains': chain_rows,
+               'claim1_n4_n8': [{'n_pairs': n, 'runs': name, 'gradmem_k1': a, 'rmt_x1': b,
+                                 'verdict': v} for n, name, a, b, v in chain_verdicts]},
+              f, indent=1)
   plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
   for ax, row in zip(axes, table):
