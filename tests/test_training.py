@@ -325,7 +325,7 @@ def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys
   from gradmem_jax.training.train import params_checksum
   config = kv_retrieval.get_config('tiny')
   config.train.max_steps = 3
-  w = str(tmp_path)
+  w = os.path.relpath(tmp_path)  # relative, as sweeps give workdirs
   assert train_and_evaluate(config, w)['best_step'] == 3  # the first evaluation is the best
   ckpt_params = lambda s: load_params(os.path.join(w, 'checkpoints', str(s)),
                                       _abstract_params(config))[0]
@@ -431,13 +431,16 @@ def test_resume_mends_a_best_record_whose_parameters_best_lacks(tmp_path, capsys
   assert out['best_step'] == -1
 
 
-def test_a_curriculum_run_names_the_parameters_it_grew_from(tmp_path):
+def test_a_curriculum_run_names_the_parameters_it_grew_from(tmp_path, monkeypatch):
   """results.json keeps the checksum of the best parameters (best/) and, for a run started from
   another (train.init_from), that run's path, step and the checksum of what it loaded: equal to
-  the source's best checksum, so a report can check a chain (claims.lineage_lines)."""
+  the source's best checksum, so a report can check a chain (claims.lineage_lines). Workdirs
+  given as relative paths, as sweeps give them."""
+  import pathlib
   from gradmem_jax import claims
   from gradmem_jax.training.train import params_checksum
-  src_dir, dst_dir = tmp_path / 'n_pairs=2', tmp_path / 'n_pairs=4'
+  monkeypatch.chdir(tmp_path)
+  src_dir, dst_dir = pathlib.Path('n_pairs=2'), pathlib.Path('n_pairs=4')
   config = kv_retrieval.get_config('tiny')
   config.train.max_steps = 3
   src = train_and_evaluate(config, str(src_dir))
@@ -447,12 +450,13 @@ def test_a_curriculum_run_names_the_parameters_it_grew_from(tmp_path):
   config.data.n_pairs = 4
   config.train.init_from = str(src_dir)
   dst = train_and_evaluate(config, str(dst_dir))
-  assert dst['init_from'] == {'path': str(src_dir), 'part': None, 'step': src['best_step'],
+  assert dst['init_from'] == {'path': str(tmp_path / src_dir), 'part': None,
+                              'step': src['best_step'],
                               'params_checksum': src['best_params_checksum']}
   # A resume keeps it (the checkpoint's meta), and the chain checks out in a report.
   config.train.max_steps = 6
   assert train_and_evaluate(config, str(dst_dir))['init_from'] == dst['init_from']
-  lines = claims.lineage_lines(sweeps.collect(str(tmp_path)))
+  lines = claims.lineage_lines(sweeps.collect('.'))
   assert lines[0].startswith('Curriculum chains: 1 run grew from the best parameters of the run '
                              'shown for their source; 0 from other parameters; 0 not checked')
 

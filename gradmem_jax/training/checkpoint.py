@@ -292,7 +292,8 @@ class Checkpointer:
     """None when `<workdir>/<which>/<step>` (which: 'checkpoints' or 'best') has every file a
     finished save leaves, else what is wrong with it."""
     item = {'checkpoints': 'state', 'best': 'params'}[which]
-    step_dir = os.path.join(self.workdir, which, str(step))
+    step_dir = os.path.join(os.path.abspath(self.workdir), which, str(step))  # tensorstore
+    # reads a relative path wrongly
     try:
       _check_files(step_dir, (item, 'meta'))
       _stored_tree(os.path.join(step_dir, item))
@@ -311,7 +312,7 @@ class Checkpointer:
 
   def _restore(self, mngr, which: str, step: int, item: str, abstract: Any):
     try:
-      step_dir = os.path.join(self.workdir, which, str(step))
+      step_dir = os.path.join(os.path.abspath(self.workdir), which, str(step))
       _check_files(step_dir, (item, 'meta'))
       _stored_tree(os.path.join(step_dir, item))
       return _restore_step(mngr, step, item, _abstract(abstract))
