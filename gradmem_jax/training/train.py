@@ -174,9 +174,9 @@ def _mend_best(ckpt: Checkpointer, state: dict, meta: dict, abstract, say=print)
     plan = 'resumed'
   else:
     damage = ckpt.step_damage('checkpoints', best_step)
-    kept = os.path.isdir(os.path.join(ckpt.workdir, 'checkpoints', str(best_step)))
+    on_disk = os.path.isdir(os.path.join(ckpt.workdir, 'checkpoints', str(best_step)))
     plan = 'checkpoint' if damage is None else 'best' if have else 'reset'
-    where = (f'checkpoints/{best_step} is damaged: {damage}' if kept else
+    where = (f'checkpoints/{best_step} is damaged: {damage}' if on_disk else
              'no checkpoint of that step is kept')
   if jax.process_count() > 1:  # process 0's listing decides for all
     from jax.experimental import multihost_utils
