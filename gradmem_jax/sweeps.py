@@ -626,8 +626,8 @@ def collect(sweep_dir: str) -> list[dict]:
         environment.read(os.path.join(sweep_dir, name)))
     if r.get('init_from') is None:  # a run from before results.json named it: its config does,
       r['init_from'] = _config_init_from(os.path.join(sweep_dir, name)) or (  # else the sweep's
-          {'path': os.path.join(sweep_dir, chains[name]), 'part': None} if name in chains
-          else None)
+          {'path': chains[name], 'part': None} if name in chains else None)  # (the point's name:
+      # the same in the sweep dir and its archives)
     rows.append(r)
   return rows
 

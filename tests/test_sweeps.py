@@ -145,7 +145,7 @@ def test_collect_names_where_each_run_ran(tmp_path):
   (tmp_path / 'sweep.json').write_text(json.dumps(
       {'points': [], 'init_from': {'none': 'older'}}))
   (none,) = [r for r in sweeps.collect(str(tmp_path)) if r['slug'] == 'none']
-  assert none['init_from'] == {'path': str(tmp_path / 'older'), 'part': None}
+  assert none['init_from'] == {'path': 'older', 'part': None}  # the point's name
   # The CPUs recorded are those the process may use: one for a point a sweep pins to one CPU.
   code = 'from gradmem_jax import environment; print(environment.usable_cpus())'
   out = subprocess.run(sweeps._pinned([sys.executable, '-c', code], {0}), capture_output=True,
