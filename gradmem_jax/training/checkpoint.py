@@ -290,7 +290,7 @@ class Checkpointer:
 
   def step_damage(self, which: str, step: int) -> Optional[str]:
     """None when `<workdir>/<which>/<step>` (which: 'checkpoints' or 'best') has every file a
-    finished save leaves, else what is wrong with it."""
+    finished save leaves and a readable tree, else what is wrong with it."""
     item = {'checkpoints': 'state', 'best': 'params'}[which]
     step_dir = os.path.join(os.path.abspath(self.workdir), which, str(step))  # tensorstore
     # reads a relative path wrongly
@@ -311,15 +311,15 @@ class Checkpointer:
     return self._restore(self.best, 'best', step, 'params', abstract_params)
 
   def _restore(self, mngr, which: str, step: int, item: str, abstract: Any):
-    try:
-      step_dir = os.path.join(os.path.abspath(self.workdir), which, str(step))
-      _check_files(step_dir, (item, 'meta'))
-      _stored_tree(os.path.join(step_dir, item))
-      return _restore_step(mngr, step, item, _abstract(abstract))
-    except _Damaged as d:
-      raise DamagedCheckpointError(
-          f'checkpoint {os.path.join(self.workdir, which, str(step))} is damaged: {d.reason}. '
-          'Move it away and start the run again.') from None
+    damage = self.step_damage(which, step)
+    if damage is None:
+      try:
+        return _restore_step(mngr, step, item, _abstract(abstract))
+      except _Damaged as d:
+        damage = d.reason
+    raise DamagedCheckpointError(
+        f'checkpoint {os.path.join(self.workdir, which, str(step))} is damaged: {damage}. '
+        'Move it away and start the run again.')
 
   def set_aside_best_after(self, step: int) -> list[tuple[str, str]]:
     """Moves best checkpoints newer than `step` (the step a run resumes from) to
