@@ -25,7 +25,6 @@ Same code, config and seed, two questions (the commands are in this directory's 
 
 writes rounding.md, rounding.json and rounding.png beside this file.
 """
-import csv
 import json
 import os
 import sys
@@ -38,9 +37,10 @@ from gradmem_jax.report import _pyplot  # noqa: E402
 
 RUNS = os.path.join(ROOT, 'benchmarks', 'results', 'runs')
 K2 = 'n_pairs=2,method=gradmem,K=2,inner_lr=0.3,lr=0.001,seed=1'
-K1 = 'n_pairs=2,method=gradmem,K=1,inner_lr=0.3,lr=0.001,seed={}'
-RMT1 = ('n_pairs=2,method=rmt,K=1,memory.rmt_update=replace,memory.mem_proj=proj,lr=0.001,'
-        'max_steps=12000,seed={}')
+# The claims sweep's point names: GradMem K=1 and RMT x1 at N (first field), seed (second).
+CHAIN = 'n_pairs={},method=gradmem,K=1,inner_lr=0.3,lr=0.001,seed={}'
+RMT1N = ('n_pairs={},method=rmt,K=1,memory.rmt_update=replace,memory.mem_proj=proj,lr=0.001,'
+         'max_steps=12000,seed={}')
 FIRST = {  # the first 200 steps: name -> run dir
     'archived run (earlier machine)': os.path.join(RUNS, 'claims_cpu', K2),
     'here, 2 CPUs': os.path.join(RUNS, 'claims_rounding_first200', 'native'),
@@ -89,17 +89,25 @@ def first_steps():
   return out
 
 
+LOST_RUNS: dict = {}  # (label, N, seed) -> best EM of lost_runs.csv, read on first use
+
+
+def lost_em(label, n, seed):
+  """The best EM that lost_runs.csv (read as the claims report reads it) keeps for a run, or
+  None."""
+  if not LOST_RUNS:
+    path = os.path.join(ROOT, 'benchmarks', 'results', 'claims_cpu', 'lost_runs.csv')
+    LOST_RUNS.update({(claims.label(r), r['n_pairs'], r['seed']): r['best']['em']
+                      for r in claims.read_ledger(path)})
+  return LOST_RUNS.get((label, n, seed))
+
+
 def whole_runs():
-  lost = {}
-  with open(os.path.join(ROOT, 'benchmarks', 'results', 'claims_cpu', 'lost_runs.csv')) as f:
-    for r in csv.DictReader(f):
-      if r['label'] == 'GradMem K=1' and r['n_pairs'] == '2':
-        lost[int(r['seed'])] = float(r['best_em'])
   table = []
   for seed in (0, 1, 2):
-    row = {'seed': seed, LOST: lost.get(seed)}
+    row = {'seed': seed, LOST: lost_em('GradMem K=1', 2, seed)}
     for name, archive in WHOLE.items():
-      d = os.path.join(archive, K1.format(seed))
+      d = os.path.join(archive, CHAIN.format(2, seed))
       if not os.path.exists(os.path.join(d, 'results.json')):
         row[name] = None
         continue
@@ -129,9 +137,9 @@ def cell(ems):
 def claim1_sets(table):
   """Claim 1 at N = 2 and 4,000 steps under each set of runs: (name, GradMem K=1 cell,
   RMT x1 cell, verdict by the claims report's rule)."""
-  rmt_12 = [best_em(os.path.join(RUNS, 'claims_cpu', RMT1.format(s))) for s in (1, 2)]
-  rmt_two = [best_em(os.path.join(RUNS, 'claims_rounding_native', RMT1.format(0))), *rmt_12]
-  rmt_one = [best_em(os.path.join(RUNS, 'claims_rounding_rerun', RMT1.format(0))), *rmt_12]
+  rmt_12 = [best_em(os.path.join(RUNS, 'claims_cpu', RMT1N.format(2, s))) for s in (1, 2)]
+  rmt_two = [best_em(os.path.join(RUNS, 'claims_rounding_native', RMT1N.format(2, 0))), *rmt_12]
+  rmt_one = [best_em(os.path.join(RUNS, 'claims_rounding_rerun', RMT1N.format(2, 0))), *rmt_12]
   g = lambda name: [row[name]['best_em'] for row in table]
   sets = [
       ('all on two CPUs: the claims report (since the fifth session), the claims sweep\'s '
@@ -144,21 +152,8 @@ def claim1_sets(table):
   return [(name, cell(a), cell(b), claims.compare(cell(a), cell(b))) for name, a, b in sets]
 
 
-def lost_em(label, n, seed):
-  with open(os.path.join(ROOT, 'benchmarks', 'results', 'claims_cpu', 'lost_runs.csv')) as f:
-    for r in csv.DictReader(f):
-      if (r['label'], r['n_pairs'], r['seed']) == (label, str(n), str(seed)):
-        return float(r['best_em'])
-  return None
-
-
 def em_or_none(run_dir):
   return best_em(run_dir) if os.path.exists(os.path.join(run_dir, 'results.json')) else None
-
-
-CHAIN = 'n_pairs={},method=gradmem,K=1,inner_lr=0.3,lr=0.001,seed={}'
-RMT1N = ('n_pairs={},method=rmt,K=1,memory.rmt_update=replace,memory.mem_proj=proj,lr=0.001,'
-         'max_steps=12000,seed={}')
 
 
 def chains():
@@ -221,9 +216,10 @@ def main():
          '| runs | GradMem K=1 | RMT x1 | gap | spreads summed | verdict |', '|---|---|---|---|---|---|']
   pct = lambda c: (' / '.join(f'{100 * e:.1f}' for e in c['by_seed'])
                    + f' ({100 * c["em_mean"]:.1f} ± {100 * c["em_std"]:.1f})')
+  verdict_row = lambda a, b, v: (f'{pct(a)} | {pct(b)} | {100 * (a["em_mean"] - b["em_mean"]):.1f}'
+                                 f' | {100 * (a["em_std"] + b["em_std"]):.1f} | {v} |')
   for name, a, b, verdict in verdicts:
-    md.append(f'| {name} | {pct(a)} | {pct(b)} | {100 * (a["em_mean"] - b["em_mean"]):.1f} | '
-              f'{100 * (a["em_std"] + b["em_std"]):.1f} | {verdict} |')
+    md.append(f'| {name} | {verdict_row(a, b, verdict)}')
   md += ['', 'RMT x1 seed 0 on two CPUs gives the lost run\'s '
          f'{100 * verdicts[0][2]["by_seed"][0]:.1f}% (one CPU: '
          f'{100 * verdicts[1][2]["by_seed"][0]:.1f}%).', '',
@@ -243,9 +239,7 @@ def main():
            '| N | GradMem K=1 seeds 1-2 on | GradMem K=1 | RMT x1 | gap | spreads summed | '
            'verdict |', '|---|---|---|---|---|---|---|']
     for n, name, a, b, v in chain_verdicts:
-      md.append(f'| {n} | {name} | {pct(a)} | {pct(b)} | '
-                f'{100 * (a["em_mean"] - b["em_mean"]):.1f} | '
-                f'{100 * (a["em_std"] + b["em_std"]):.1f} | {v} |')
+      md.append(f'| {n} | {name} | {verdict_row(a, b, v)}')
   md.append('')
   with open(os.path.join(HERE, 'rounding.md'), 'w') as f:
     f.write('\n'.join(md))
