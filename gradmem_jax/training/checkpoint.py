@@ -139,7 +139,7 @@ def _stored_tree(item_dir: str) -> Any:
     raise _Damaged(f'{name}/{TREE_METADATA} (the stored tree) is empty or not a JSON object')
   ckptr = ocp.StandardCheckpointer()
   try:
-    md = ckptr.metadata(item_dir)
+    md = ckptr.metadata(os.path.abspath(item_dir))  # tensorstore misreads a relative path
   except Exception as e:  # noqa: BLE001 - any failure to read it is damage
     raise _Damaged(f'the array metadata of {name}/ is unreadable ({_one_line(e)})') from None
   finally:
@@ -292,8 +292,7 @@ class Checkpointer:
     """None when `<workdir>/<which>/<step>` (which: 'checkpoints' or 'best') has every file a
     finished save leaves and a readable tree, else what is wrong with it."""
     item = {'checkpoints': 'state', 'best': 'params'}[which]
-    step_dir = os.path.join(os.path.abspath(self.workdir), which, str(step))  # tensorstore
-    # reads a relative path wrongly
+    step_dir = os.path.join(self.workdir, which, str(step))
     try:
       _check_files(step_dir, (item, 'meta'))
       _stored_tree(os.path.join(step_dir, item))
